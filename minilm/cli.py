@@ -1,0 +1,161 @@
+"""The `minilm` command: each subcommand parses its arguments and calls one library function."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from minilm.errors import MinilmError
+
+
+class UsageError(MinilmError):
+    pass
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from minilm.config import load_config
+    from minilm.train import train
+
+    train(load_config(args.config, args.overrides))
+    return 0
+
+
+def _check_sample_args(args: argparse.Namespace, vocab: int) -> None:
+    if args.max_new_tokens < 0:
+        raise UsageError(f"--max-new-tokens {args.max_new_tokens} is negative: give 0 or more")
+    if args.temperature < 0:
+        raise UsageError(f"--temperature {args.temperature} is negative: give 0 (greedy) or more")
+    if args.top_k is not None and not 1 <= args.top_k <= vocab:
+        raise UsageError(f"--top-k {args.top_k} is outside 1..{vocab} (the vocabulary size): choose a value in range")
+    if args.top_p is not None and not 0 < args.top_p <= 1:
+        raise UsageError(f"--top-p {args.top_p} is outside (0, 1]: choose a value such as 0.9")
+    if args.num_samples < 1:
+        raise UsageError(f"--num-samples {args.num_samples} must be at least 1")
+
+
+def cmd_sample(args: argparse.Namespace) -> int:
+    import torch
+
+    from minilm.checkpoint import load_run
+    from minilm.generate import generate
+    from minilm.tokenizer import eot_id, unknown_chars
+
+    cfg, model, tok = load_run(args.run_dir, args.device)
+    if not cfg.model.causal:
+        raise UsageError(f"{args.run_dir!r} holds a bidirectional (BERT) model, which cannot generate: "
+                         "use `minilm fill-mask` for it, or sample from a GPT run")
+    _check_sample_args(args, cfg.model.vocab_size)
+    bad = unknown_chars(tok, args.prompt)
+    if bad:
+        raise UsageError(f"the prompt has characters the tokenizer never saw ({''.join(bad)!r}): remove them")
+    eot = eot_id(tok)
+    ids = tok.encode(args.prompt, add_special_tokens=False).ids if args.prompt else []
+    if not ids:
+        if eot is None:
+            raise UsageError("an empty prompt needs an end-of-text token, which this tokenizer lacks: give --prompt")
+        ids = [eot]  # a fresh document starts after an end-of-text token
+    temperature = 0.0 if args.greedy else args.temperature
+    gen = torch.Generator(device=args.device).manual_seed(args.seed)
+    for s in range(args.num_samples):
+        if args.num_samples > 1:
+            print(f"--- sample {s + 1} ---", flush=True)
+        sys.stdout.write(args.prompt)
+        idx = torch.tensor([ids], device=args.device)
+        new: list[int] = []
+        shown = ""
+        for nxt in generate(model, idx, args.max_new_tokens, temperature, args.top_k, args.top_p, eot,
+                            use_cache=not args.no_cache, generator=gen):
+            if eot is not None and int(nxt[0]) == eot:
+                break
+            new.append(int(nxt[0]))
+            text = tok.decode(new)
+            if not text.endswith("\ufffd"):  # wait for the rest of a multi-byte character
+                sys.stdout.write(text[len(shown):])
+                sys.stdout.flush()
+                shown = text
+        sys.stdout.write(tok.decode(new)[len(shown):] + "\n")
+        sys.stdout.flush()
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from minilm.hf import export_hf
+
+    export_hf(Path(args.run_dir), Path(args.out_dir))
+    print(f"wrote a Hugging Face model folder to {args.out_dir}")
+    return 0
+
+
+def cmd_presets(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    import torch
+
+    from minilm.config import PRESETS, ModelConfig
+    from minilm.heads import build_model
+    from minilm.model import count_params
+
+    print(f"{'preset':<18} {'layers':>6} {'heads':>5} {'width':>5} {'block':>5} {'params':>10}  (vocab {args.vocab})")
+    for name, values in PRESETS.items():
+        cfg = dataclasses.replace(ModelConfig(), **values, vocab_size=args.vocab)
+        with torch.device("meta"):  # count without allocating
+            n = count_params(build_model(cfg))
+        print(f"{name:<18} {cfg.n_layer:>6} {cfg.n_head:>5} {cfg.n_embd:>5} {cfg.block_size:>5} {n / 1e6:>9.2f}M")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="minilm", description="Pretrain, fine-tune and sample small GPT/BERT models.")
+    p.add_argument("--debug", action="store_true", help="show full tracebacks for errors")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="pretrain a model from a YAML config")
+    t.add_argument("config", help="YAML config (see configs/)")
+    t.add_argument("overrides", nargs="*", help="dotted overrides such as model.n_layer=4 train.max_steps=200")
+    t.set_defaults(func=cmd_train)
+
+    s = sub.add_parser("sample", help="generate text from a GPT run")
+    s.add_argument("run_dir")
+    s.add_argument("--prompt", default="", help="text to continue (default: start a new document)")
+    s.add_argument("--max-new-tokens", type=int, default=200)
+    s.add_argument("--temperature", type=float, default=0.8)
+    s.add_argument("--top-k", type=int, default=None)
+    s.add_argument("--top-p", type=float, default=None)
+    s.add_argument("--greedy", action="store_true", help="always take the most likely token")
+    s.add_argument("--num-samples", type=int, default=1)
+    s.add_argument("--seed", type=int, default=1337)
+    s.add_argument("--no-cache", action="store_true", help="recompute the whole context each step (slower)")
+    s.add_argument("--device", default="cpu")
+    s.set_defaults(func=cmd_sample)
+
+    e = sub.add_parser("export", help="write a run as a Hugging Face transformers folder")
+    e.add_argument("run_dir")
+    e.add_argument("out_dir")
+    e.add_argument("--format", choices=["hf"], default="hf")
+    e.set_defaults(func=cmd_export)
+
+    pr = sub.add_parser("presets", help="list the named model presets with parameter counts")
+    pr.add_argument("--vocab", type=int, default=50257)
+    pr.set_defaults(func=cmd_presets)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # quiet fork warnings from datasets.map
+    try:
+        return args.func(args)
+    except MinilmError as e:
+        if args.debug:
+            raise
+        print(f"minilm: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("minilm: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,315 @@
+"""Typed configuration: one dataclass per concern, named presets, YAML + dotted overrides.
+
+Precedence, lowest first: dataclass defaults -> `model.preset` -> YAML file -> `key=value` overrides.
+Every field is checked when the config is built; a mistake raises ConfigError with one line that
+names the key and what is allowed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from minilm.errors import ConfigError
+
+
+def _check(cond: bool, key: str, allowed: str, value: Any) -> None:
+    if not cond:
+        raise ConfigError(f"{key}={value!r} is not allowed: {allowed}")
+
+
+@dataclass
+class ModelConfig:
+    """The shared Transformer stack. GPT and BERT differ only in these switches and their heads."""
+
+    preset: str | None = None  # a name from PRESETS; its values sit under anything set explicitly
+    vocab_size: int = 0  # 0: take it from the tokenizer
+    block_size: int = 256  # context length = size of the position table
+    n_layer: int = 4
+    n_head: int = 4
+    n_embd: int = 128
+    d_ff: int = 0  # MLP width; 0 means 4 * n_embd
+    dropout: float = 0.0
+    bias: bool = True  # biases in Linear and LayerNorm layers
+    norm: str = "pre"  # "pre": GPT-2 (final LayerNorm after the blocks); "post": original Transformer / BERT
+    norm_eps: float = 1e-5
+    embedding_norm: bool = False  # LayerNorm right after the embeddings (BERT)
+    position: str = "learned"  # "learned" table or the original Transformer's "sinusoidal" one
+    causal: bool = True  # causal (decoder) or bidirectional (encoder) attention
+    type_vocab_size: int = 0  # segment embeddings (BERT uses 2); 0 disables them
+    activation: str = "gelu_tanh"  # GPT-2 uses the tanh approximation, BERT the exact "gelu"
+    init_from: str | None = None  # a minilm run directory or a local Hugging Face GPT-2/BERT folder
+    gradient_checkpointing: bool = False  # recompute block activations in backward to save memory
+
+    @property
+    def ffn_dim(self) -> int:
+        return self.d_ff or 4 * self.n_embd
+
+    def validate(self) -> None:
+        for name in ("block_size", "n_layer", "n_head", "n_embd"):
+            _check(getattr(self, name) > 0, f"model.{name}", "a positive integer", getattr(self, name))
+        _check(self.vocab_size >= 0, "model.vocab_size", "0 (from the tokenizer) or a positive integer", self.vocab_size)
+        _check(self.d_ff >= 0, "model.d_ff", "0 (4 * n_embd) or a positive integer", self.d_ff)
+        _check(self.type_vocab_size >= 0, "model.type_vocab_size", "0 or a positive integer", self.type_vocab_size)
+        _check(0.0 <= self.dropout < 1.0, "model.dropout", "a number in [0, 1)", self.dropout)
+        _check(self.norm_eps > 0, "model.norm_eps", "a positive number", self.norm_eps)
+        _check(self.norm in ("pre", "post"), "model.norm", "'pre' or 'post'", self.norm)
+        _check(self.position in ("learned", "sinusoidal"), "model.position", "'learned' or 'sinusoidal'", self.position)
+        _check(self.activation in ("gelu_tanh", "gelu"), "model.activation", "'gelu_tanh' or 'gelu'", self.activation)
+        if self.n_embd % self.n_head:
+            raise ConfigError(
+                f"model.n_embd={self.n_embd} is not divisible by model.n_head={self.n_head}: "
+                "choose n_embd as a multiple of n_head"
+            )
+
+
+@dataclass
+class TokenizerConfig:
+    kind: str = "char"  # "char", "bpe" (GPT-2 style byte-level BPE) or "wordpiece" (BERT)
+    vocab_size: int = 8192  # for bpe / wordpiece training; char vocabularies are as large as the alphabet
+    path: str | None = None  # an existing tokenizer.json to use instead of training one
+    lowercase: bool = True  # wordpiece only
+    sample_bytes: int = 50_000_000  # train the tokenizer on at most this much text
+
+    def validate(self) -> None:
+        _check(self.kind in ("char", "bpe", "wordpiece"), "tokenizer.kind", "'char', 'bpe' or 'wordpiece'", self.kind)
+        _check(self.vocab_size > 0, "tokenizer.vocab_size", "a positive integer", self.vocab_size)
+        _check(self.sample_bytes > 0, "tokenizer.sample_bytes", "a positive integer", self.sample_bytes)
+
+
+@dataclass
+class DataConfig:
+    train_files: list[str] = field(default_factory=list)  # files, folders or globs; .txt .json .jsonl .csv .tsv .parquet
+    val_files: list[str] = field(default_factory=list)  # empty: hold out the last val_fraction of the training stream
+    val_fraction: float = 0.1
+    dataset: str | None = None  # a Hugging Face hub dataset name (needs a network)
+    text_column: str = "text"
+    num_proc: int = 1  # processes for datasets.map tokenization
+
+    def validate(self) -> None:
+        _check(0.0 < self.val_fraction < 1.0, "data.val_fraction", "a number strictly between 0 and 1", self.val_fraction)
+        _check(self.num_proc > 0, "data.num_proc", "a positive integer", self.num_proc)
+        if not self.train_files and not self.dataset:
+            raise ConfigError("data.train_files is empty: name the training files (or set data.dataset)")
+
+
+@dataclass
+class TrainConfig:
+    out_dir: str = "runs/default"
+    seed: int = 1337
+    batch_size: int = 32  # sequences per process per micro-step
+    grad_accum: int = 1
+    max_steps: int = 1000  # optimizer steps
+    lr: float = 1e-3
+    min_lr: float = 1e-4
+    warmup_steps: int = 100
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.95
+    grad_clip: float = 1.0  # 0 disables clipping
+    eval_interval: int = 250  # steps between evaluations and checkpoints
+    eval_batches: int = 0  # batches per evaluation; 0 means the whole validation set
+    mixed_precision: str = "auto"  # "auto" (bf16 on a GPU that has it, else fp32), "no", "bf16", "fp16"
+    compile: bool = False  # torch.compile the model
+    resume: bool = False  # continue the run in out_dir exactly where it stopped
+    threads: int = 0  # torch CPU threads; 0 leaves torch's default
+
+    def validate(self) -> None:
+        for name in ("batch_size", "grad_accum", "max_steps", "eval_interval"):
+            _check(getattr(self, name) > 0, f"train.{name}", "a positive integer", getattr(self, name))
+        for name in ("warmup_steps", "eval_batches", "threads"):
+            _check(getattr(self, name) >= 0, f"train.{name}", "zero or a positive integer", getattr(self, name))
+        _check(self.lr > 0, "train.lr", "a positive number", self.lr)
+        _check(0 <= self.min_lr <= self.lr, "train.min_lr", f"a number between 0 and train.lr={self.lr}", self.min_lr)
+        _check(self.weight_decay >= 0, "train.weight_decay", "zero or a positive number", self.weight_decay)
+        _check(0 <= self.beta1 < 1 and 0 <= self.beta2 < 1, "train.beta1/beta2", "numbers in [0, 1)", (self.beta1, self.beta2))
+        _check(self.grad_clip >= 0, "train.grad_clip", "zero (off) or a positive number", self.grad_clip)
+        _check(
+            self.mixed_precision in ("auto", "no", "bf16", "fp16"),
+            "train.mixed_precision", "'auto', 'no', 'bf16' or 'fp16'", self.mixed_precision,
+        )
+        _check(bool(self.out_dir), "train.out_dir", "a directory path", self.out_dir)
+
+
+@dataclass
+class LogConfig:
+    wandb: str = "disabled"  # "online", "offline" (no login, no network) or "disabled"
+    project: str = "minilm"
+    run_name: str | None = None
+    log_interval: int = 10  # steps between progress-bar / tracker updates
+
+    def validate(self) -> None:
+        _check(self.wandb in ("online", "offline", "disabled"), "log.wandb", "'online', 'offline' or 'disabled'", self.wandb)
+        _check(self.log_interval > 0, "log.log_interval", "a positive integer", self.log_interval)
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+
+    def validate(self) -> None:
+        for section in SECTIONS:
+            getattr(self, section).validate()
+        if self.model.causal and self.model.type_vocab_size:
+            raise ConfigError("model.type_vocab_size is for bidirectional (BERT) models: set it to 0 or model.causal=false")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+SECTIONS = [f.name for f in dataclasses.fields(Config)]
+
+# Named architectures. Parameter counts (with GPT-2's 50,257-token vocabulary unless noted) come
+# from `minilm presets`, which builds each model and counts.
+PRESETS: dict[str, dict[str, Any]] = {
+    # A few seconds per hundred steps on a laptop CPU; for smoke tests and the embedded default.
+    "gpt-tiny": dict(n_layer=2, n_head=2, n_embd=64, block_size=64),
+    # nanoGPT's config/train_shakespeare_char.py (10.7M parameters at a 65-character vocabulary).
+    "shakespeare-char": dict(n_layer=6, n_head=6, n_embd=384, block_size=256, dropout=0.2, bias=False),
+    "gpt2-small": dict(n_layer=12, n_head=12, n_embd=768, block_size=1024),  # 124M
+    "gpt2-medium": dict(n_layer=24, n_head=16, n_embd=1024, block_size=1024),  # 355M
+}
+
+
+def preset_names() -> list[str]:
+    return sorted(PRESETS)
+
+
+# ---------------------------------------------------------------------------------------------
+# Building a Config from nested dicts, with type checks
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", str(tp)).replace("NoneType", "None")
+
+
+def _coerce(key: str, value: Any, tp: Any) -> Any:
+    """Check `value` against the annotation `tp`; accept ints and numeric strings for floats."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(key, value, inner[0])
+    if origin is list:
+        (item,) = typing.get_args(tp)
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            value = [value]  # a single path is a one-element list
+        if not isinstance(value, list):
+            raise ConfigError(f"{key} must be a list, got {value!r}")
+        return [_coerce(f"{key}[{i}]", v, item) for i, v in enumerate(value)]
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:  # YAML 1.1 reads 1e-3 as a string
+                return float(value)
+            except ValueError:
+                pass
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer() and math.isfinite(value):
+            return int(value)
+    elif tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+    raise ConfigError(f"{key} must be {_type_name(tp)}, got {value!r}")
+
+
+def _build_section(section: str, cls: type, values: dict) -> Any:
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in values.items():
+        if key not in names:
+            raise ConfigError(f"unknown key {section}.{key}; valid keys: {', '.join(names)}")
+        kwargs[key] = _coerce(f"{section}.{key}", value, hints[key])
+    return cls(**kwargs)
+
+
+def _deep_merge(base: dict, extra: dict) -> dict:
+    out = dict(base)
+    for k, v in extra.items():
+        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def config_from_dict(raw: dict, config_cls: type = Config) -> Config:
+    """Build and validate a config from nested dicts (`{"model": {...}, "train": {...}}`)."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"a config must be a mapping of sections, got {type(raw).__name__}")
+    hints = typing.get_type_hints(config_cls)
+    sections = [f.name for f in dataclasses.fields(config_cls)]
+    for name, values in raw.items():
+        if name not in sections:
+            raise ConfigError(f"unknown section {name!r}; valid sections: {', '.join(sections)}")
+        if values is not None and not isinstance(values, dict):
+            raise ConfigError(f"section {name!r} must be a mapping of keys, got {values!r}")
+    model_raw = dict(raw.get("model") or {})
+    preset = model_raw.get("preset")
+    if preset is not None:
+        if preset not in PRESETS:
+            raise ConfigError(f"unknown model.preset {preset!r}; choose one of: {', '.join(preset_names())}")
+        model_raw = {**PRESETS[preset], **model_raw}
+    raw = {**raw, "model": model_raw}
+    built = {name: _build_section(name, hints[name], raw.get(name) or {}) for name in sections}
+    cfg = config_cls(**built)
+    cfg.validate()
+    return cfg
+
+
+def parse_overrides(overrides: list[str]) -> dict:
+    """Turn ["model.n_layer=4", "data.train_files=[a.txt,b.txt]"] into a nested dict."""
+    out: dict = {}
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        parts = key.strip().split(".")
+        if not sep or len(parts) != 2 or not all(parts):
+            raise ConfigError(f"override {item!r} is not of the form section.key=value (e.g. model.n_layer=4)")
+        try:
+            value = yaml.safe_load(text) if text.strip() else ""
+        except yaml.YAMLError:
+            value = text
+        out.setdefault(parts[0], {})[parts[1]] = value
+    return out
+
+
+def read_yaml(path: str | Path) -> dict:
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file {str(p)!r} does not exist: pass the path of a YAML file (see configs/)")
+    try:
+        raw = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        where = getattr(e, "problem_mark", None)
+        at = f" at line {where.line + 1}" if where is not None else ""
+        raise ConfigError(f"config file {str(p)!r} is not valid YAML{at}: fix its syntax") from e
+    return raw or {}
+
+
+def load_config(path: str | Path | None, overrides: list[str] = (), config_cls: type = Config) -> Config:
+    raw = read_yaml(path) if path is not None else {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config file {str(path)!r} must hold a mapping of sections (model:, train:, ...)")
+    return config_from_dict(_deep_merge(raw, parse_overrides(list(overrides))), config_cls)
+
+
+def save_config_json(cfg: Config, path: Path) -> None:
+    path.write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")

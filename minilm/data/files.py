@@ -1,0 +1,100 @@
+"""Finding and reading local data files through `datasets` (text, JSON(L), CSV/TSV, parquet)."""
+
+from __future__ import annotations
+
+import glob
+import os
+from pathlib import Path
+
+import datasets
+
+from minilm.errors import DataError
+
+# file extension -> datasets' packaged builder
+BUILDERS = {
+    ".txt": "text", ".text": "text", ".md": "text",
+    ".json": "json", ".jsonl": "json",
+    ".csv": "csv", ".tsv": "csv",
+    ".parquet": "parquet",
+}
+
+
+def resolve_files(patterns: list[str], what: str = "data.train_files") -> list[str]:
+    """Expand files, folders (recursively, known extensions only) and globs into a sorted file list."""
+    files: list[str] = []
+    for pattern in patterns:
+        p = Path(pattern).expanduser()
+        if p.is_dir():
+            found = sorted(str(f) for f in p.rglob("*") if f.is_file() and f.suffix.lower() in BUILDERS)
+            if not found:
+                raise DataError(
+                    f"{what}: folder {pattern!r} has no {'/'.join(sorted(BUILDERS))} files: point it at your data"
+                )
+            files += found
+        elif p.is_file():
+            files.append(str(p))
+        elif any(ch in pattern for ch in "*?["):
+            found = sorted(f for f in glob.glob(os.path.expanduser(pattern), recursive=True) if os.path.isfile(f))
+            if not found:
+                raise DataError(f"{what}: pattern {pattern!r} matches no file: check the path")
+            files += found
+        else:
+            raise DataError(f"{what}: {pattern!r} does not exist: check the path")
+    builders = {BUILDERS.get(Path(f).suffix.lower()) for f in files}
+    if None in builders:
+        bad = next(f for f in files if Path(f).suffix.lower() not in BUILDERS)
+        raise DataError(f"{what}: {bad!r} has an unknown extension; use one of {', '.join(sorted(BUILDERS))}")
+    if len(builders) > 1:
+        raise DataError(f"{what}: mixes formats ({', '.join(sorted(builders))}): give files of one format")
+    for f in files:
+        if os.path.getsize(f) == 0:
+            raise DataError(f"{what}: {f!r} is empty: remove it or give a file with text")
+    return files
+
+
+def _check_utf8(files: list[str]) -> None:
+    for f in files:
+        with open(f, "rb") as fh:
+            head = fh.read(1 << 16)
+        if b"\x00" in head:
+            raise DataError(f"{f!r} looks binary (it holds NUL bytes): give a text file")
+        try:
+            head.decode("utf-8")
+        except UnicodeDecodeError as e:
+            if e.start < len(head) - 4:  # not just a character cut at the read boundary
+                raise DataError(f"{f!r} is not UTF-8 text (bad byte at offset {e.start}): convert it to UTF-8") from e
+
+
+def load_files(files: list[str], **builder_kwargs) -> datasets.Dataset:
+    """Load files of one format as a single Dataset; text files give one row per file (a document)."""
+    builder = BUILDERS[Path(files[0]).suffix.lower()]
+    if builder == "text":
+        _check_utf8(files)
+        builder_kwargs.setdefault("sample_by", "document")
+    if files[0].lower().endswith(".tsv"):
+        builder_kwargs.setdefault("delimiter", "\t")
+    try:
+        return datasets.load_dataset(builder, data_files=files, split="train", **builder_kwargs)
+    except Exception as e:  # datasets wraps parser errors in several exception types
+        raise DataError(f"could not read {files[0]!r}{' and others' if len(files) > 1 else ''}: {_short(e)}") from e
+
+
+def load_hub(name: str, split: str) -> datasets.Dataset | None:
+    """A split of a hub dataset, or None when the dataset has no such split."""
+    try:
+        dd = datasets.load_dataset(name)
+    except Exception as e:
+        raise DataError(f"could not load hub dataset {name!r} ({_short(e)}): check the name and the network") from e
+    return dd[split] if split in dd else None
+
+
+def text_column(ds: datasets.Dataset, column: str, what: str) -> datasets.Dataset:
+    """Keep only `column`, renamed to "text"; a clear error when it is missing."""
+    if column not in ds.column_names:
+        raise DataError(f"{what} has no column {column!r} (columns: {', '.join(ds.column_names)}): set data.text_column")
+    ds = ds.select_columns([column])
+    return ds.rename_column(column, "text") if column != "text" else ds
+
+
+def _short(e: Exception) -> str:
+    return str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__

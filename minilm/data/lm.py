@@ -1,0 +1,99 @@
+"""Causal-LM data: documents -> token ids (datasets.map, cached) -> one stream -> fixed-length blocks."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import datasets
+import numpy as np
+import torch
+from tokenizers import Tokenizer
+
+from minilm.config import Config
+from minilm.data.files import load_files, load_hub, resolve_files, text_column
+from minilm.errors import DataError
+from minilm.tokenizer import eot_id
+
+
+def load_text_splits(cfg: Config) -> tuple[datasets.Dataset, datasets.Dataset | None]:
+    """Training documents and, if configured, separate validation documents (a "text" column each)."""
+    d = cfg.data
+    if d.dataset:
+        train = text_column(load_hub(d.dataset, "train"), d.text_column, f"hub dataset {d.dataset!r}")
+        val = load_hub(d.dataset, "validation")
+        return train, text_column(val, d.text_column, f"hub dataset {d.dataset!r}") if val is not None else None
+    train = load_files(resolve_files(d.train_files, "data.train_files"))
+    train = text_column(train, d.text_column, "data.train_files")
+    if not d.val_files:
+        return train, None
+    val = load_files(resolve_files(d.val_files, "data.val_files"))
+    return train, text_column(val, d.text_column, "data.val_files")
+
+
+def iter_texts(ds: datasets.Dataset, batch: int = 64) -> Iterator[str]:
+    for rows in ds.iter(batch_size=batch):
+        yield from (t for t in rows["text"] if t)
+
+
+def tokenize_stream(ds: datasets.Dataset, tok: Tokenizer, num_proc: int = 1) -> np.ndarray:
+    """All documents as one int32 token stream, each followed by the end-of-text token (if any)."""
+    eot = eot_id(tok)
+    tail = [eot] if eot is not None else []
+
+    def encode(batch: dict) -> dict:
+        return {"ids": [e.ids + tail for e in tok.encode_batch([t or "" for t in batch["text"]], add_special_tokens=False)]}
+
+    ids = ds.map(encode, batched=True, num_proc=min(num_proc, len(ds)), remove_columns=ds.column_names,
+                 desc="tokenizing")
+    column = ids.data.column("ids")  # a pyarrow ChunkedArray of lists: flatten without Python loops
+    parts = [chunk.flatten().to_numpy(zero_copy_only=False) for chunk in column.chunks]
+    return np.concatenate(parts).astype(np.int32) if parts else np.zeros(0, np.int32)
+
+
+class PackedBlocks(torch.utils.data.Dataset):
+    """A token stream cut into blocks of `block_size` inputs with next-token labels.
+
+    With `shuffle`, each epoch starts the cut at a new seeded offset and visits blocks in a seeded
+    order, so a run sees varied windows yet any (epoch, index) pair is reproducible for resume.
+    """
+
+    def __init__(self, tokens: np.ndarray, block_size: int, shuffle: bool = False, seed: int = 0):
+        span = block_size if shuffle else 0  # room kept for the random offset
+        n = (len(tokens) - 1 - span) // block_size
+        if n < 1:
+            raise DataError(
+                f"the text has {len(tokens)} tokens, fewer than one block of {block_size + 1 + span}: "
+                "use more data or a smaller model.block_size"
+            )
+        self.tokens = torch.from_numpy(tokens.astype(np.int64))
+        self.block_size, self.shuffle, self.seed, self.n = block_size, shuffle, seed, n
+        self.set_epoch(0)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+        if self.shuffle:
+            rng = np.random.default_rng([self.seed, epoch])
+            self.offset = int(rng.integers(self.block_size))
+            self.order = torch.from_numpy(rng.permutation(self.n))
+        else:
+            self.offset, self.order = 0, torch.arange(self.n)
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        start = self.offset + int(self.order[i]) * self.block_size
+        chunk = self.tokens[start : start + self.block_size + 1]
+        return {"input_ids": chunk[:-1], "labels": chunk[1:]}
+
+
+def build_lm_datasets(cfg: Config, tok: Tokenizer, train_docs: datasets.Dataset,
+                      val_docs: datasets.Dataset | None) -> tuple[PackedBlocks, PackedBlocks]:
+    train = tokenize_stream(train_docs, tok, cfg.data.num_proc)
+    if val_docs is not None:
+        val = tokenize_stream(val_docs, tok, cfg.data.num_proc)
+    else:  # hold out the tail of the stream, as nanoGPT does for tiny Shakespeare
+        cut = int(len(train) * (1 - cfg.data.val_fraction))
+        train, val = train[:cut], train[cut:]
+    bs = cfg.model.block_size
+    return PackedBlocks(train, bs, shuffle=True, seed=cfg.train.seed), PackedBlocks(val, bs)

@@ -1,0 +1,28 @@
+"""AdamW parameter groups and the learning-rate schedule (a pure function of the step, so resume is exact)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from minilm.config import TrainConfig
+
+
+def make_optimizer(model: torch.nn.Module, tc: TrainConfig, fused: bool) -> torch.optim.AdamW:
+    """AdamW with weight decay on matrices and embeddings only (p.dim() >= 2), never on biases or norms."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [
+        {"params": [p for p in params if p.dim() >= 2], "weight_decay": tc.weight_decay},
+        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+    ]
+    return torch.optim.AdamW(groups, lr=tc.lr, betas=(tc.beta1, tc.beta2), fused=fused)
+
+
+def lr_at(step: int, tc: TrainConfig, total_steps: int | None = None) -> float:
+    """Linear warmup to tc.lr, then cosine decay to tc.min_lr at the last step."""
+    total = total_steps or tc.max_steps
+    if step < tc.warmup_steps:
+        return tc.lr * (step + 1) / tc.warmup_steps
+    progress = min(1.0, (step - tc.warmup_steps) / max(1, total - tc.warmup_steps))
+    return tc.min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (tc.lr - tc.min_lr)

@@ -1,0 +1,104 @@
+"""Tokenizers through the `tokenizers` library: character-level, GPT-2 style byte-level BPE, BERT WordPiece.
+
+A tokenizer is a plain `tokenizers.Tokenizer`; it is saved with each run as `tokenizer.json`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+
+from minilm.config import TokenizerConfig
+from minilm.errors import ConfigError
+
+EOT = "<|endoftext|>"  # separates documents for causal LMs (GPT-2's name for it)
+PAD, UNK, CLS, SEP, MASK = "[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"
+BERT_SPECIALS = [PAD, UNK, CLS, SEP, MASK]
+
+
+def _limited(texts: Iterable[str], max_bytes: int) -> Iterator[str]:
+    seen = 0
+    for text in texts:
+        if seen >= max_bytes:
+            return
+        yield text[: max_bytes - seen]
+        seen += len(text)
+
+
+def train_char(texts: Iterable[str]) -> Tokenizer:
+    # A character vocabulary is just the sorted alphabet (as nanoGPT builds it); no trainer needed.
+    alphabet = sorted(set().union(*(set(t) for t in texts)) - {""})
+    vocab = {EOT: 0, **{ch: i + 1 for i, ch in enumerate(alphabet)}}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token=None))
+    tok.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")  # every character, newlines too
+    tok.decoder = decoders.Fuse()
+    tok.add_special_tokens([EOT])
+    return tok
+
+
+def train_bpe(texts: Iterable[str], vocab_size: int) -> Tokenizer:
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=[EOT], initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(texts, trainer=trainer)
+    return tok
+
+
+def bert_post_processor(tok: Tokenizer) -> processors.TemplateProcessing:
+    return processors.TemplateProcessing(
+        single=f"{CLS} $A {SEP}",
+        pair=f"{CLS} $A {SEP} $B:1 {SEP}:1",
+        special_tokens=[(CLS, tok.token_to_id(CLS)), (SEP, tok.token_to_id(SEP))],
+    )
+
+
+def train_wordpiece(texts: Iterable[str], vocab_size: int, lowercase: bool) -> Tokenizer:
+    tok = Tokenizer(models.WordPiece(unk_token=UNK))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=lowercase)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.decoder = decoders.WordPiece()
+    trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=BERT_SPECIALS, show_progress=False)
+    tok.train_from_iterator(texts, trainer=trainer)
+    tok.post_processor = bert_post_processor(tok)
+    return tok
+
+
+def train_tokenizer(cfg: TokenizerConfig, texts: Iterable[str]) -> Tokenizer:
+    """Train the configured kind of tokenizer on (at most cfg.sample_bytes of) `texts`."""
+    texts = _limited(texts, cfg.sample_bytes)
+    if cfg.kind == "char":
+        return train_char(texts)
+    if cfg.kind == "bpe":
+        return train_bpe(texts, cfg.vocab_size)
+    return train_wordpiece(texts, cfg.vocab_size, cfg.lowercase)
+
+
+def load_tokenizer(path: str | Path) -> Tokenizer:
+    p = Path(path)
+    if p.is_dir():
+        p = p / "tokenizer.json"
+    if not p.is_file():
+        raise ConfigError(f"tokenizer file {str(p)!r} does not exist: give the path of a tokenizer.json")
+    try:
+        return Tokenizer.from_file(str(p))
+    except Exception as e:  # tokenizers raises a bare Exception on malformed JSON
+        raise ConfigError(f"tokenizer file {str(p)!r} could not be read ({e}): give a valid tokenizer.json") from e
+
+
+def eot_id(tok: Tokenizer) -> int | None:
+    """The end-of-text id of a causal-LM tokenizer, or None (e.g. WordPiece)."""
+    return tok.token_to_id(EOT)
+
+
+def unknown_chars(tok: Tokenizer, text: str) -> list[str]:
+    """Characters of `text` that a character-level tokenizer has no id for (empty for other kinds)."""
+    if not isinstance(tok.model, models.WordLevel):
+        return []
+    vocab = tok.get_vocab()
+    return sorted({ch for ch in text if ch not in vocab})

@@ -1,0 +1,198 @@
+"""The training loop on Hugging Face Accelerate: one function, the same on a CPU, a GPU or many machines."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import shutil
+import time
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import DataLoaderConfiguration, GradientAccumulationPlugin, set_seed
+from tqdm.auto import tqdm
+
+from minilm import checkpoint as ckpt
+from minilm.config import Config
+from minilm.errors import CheckpointError, ConfigError
+from minilm.model import count_params
+from minilm.optim import lr_at, make_optimizer
+from minilm.report import MetricsLog, device_peak_flops, flops_per_token, peak_memory_mb, plot_losses
+from minilm.heads import build_model
+from minilm.tasks import prepare_task
+
+
+def _mixed_precision(choice: str) -> str:
+    if choice == "auto":  # bf16 autocast is far slower than fp32 on most CPUs
+        return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
+    return choice
+
+
+@torch.no_grad()
+def evaluate(model: torch.nn.Module, loader, accelerator: Accelerator, max_batches: int = 0) -> dict[str, float]:
+    """Metrics over the validation loader: each head reports per-example sums `k` and counts `k_n`."""
+    model.eval()
+    totals: dict[str, float] = {}
+    for i, batch in enumerate(loader):
+        if max_batches and i >= max_batches:
+            break
+        out = model(**batch)
+        for k, v in out.metrics.items():
+            totals[k] = totals.get(k, 0.0) + accelerator.gather_for_metrics(v.detach().float()).sum().item()
+    model.train()
+    result = {k: totals[k] / max(totals[k + "_n"], 1.0) for k in totals if not k.endswith("_n")}
+    if "loss" in result:
+        result["ppl"] = math.exp(min(result["loss"], 50.0))
+    return {f"val_{k}": v for k, v in result.items()}
+
+
+def _save(accelerator: Accelerator, model: torch.nn.Module, out_dir: Path, progress: dict) -> None:
+    """Weights for sample/export plus the full training state, each swapped in atomically."""
+    accelerator.wait_for_everyone()
+    tmp = out_dir / f"{ckpt.STATE_DIR}.tmp"
+    if accelerator.is_main_process and tmp.exists():
+        shutil.rmtree(tmp)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(tmp))
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        ckpt.save_weights(accelerator.unwrap_model(model), out_dir / ckpt.MODEL_FILE)
+        ckpt.swap_in_state(out_dir, tmp, progress)
+    accelerator.wait_for_everyone()
+
+
+def train(cfg: Config) -> dict[str, float]:
+    """Train `cfg`, writing the run directory train.out_dir; returns the final evaluation metrics."""
+    tc = cfg.train
+    out_dir = Path(tc.out_dir)
+    ckpt.check_run_dir(out_dir, tc.resume)  # before any work: never touch another run's directory
+    if tc.resume:
+        saved = ckpt.read_config(out_dir)
+        if dataclasses.replace(saved.model, init_from=None) != dataclasses.replace(cfg.model, vocab_size=saved.model.vocab_size, init_from=None):
+            raise ConfigError(f"the model section differs from the one saved in {str(out_dir)!r}: resume with the same config")
+    if tc.threads:
+        torch.set_num_threads(tc.threads)
+    accum = GradientAccumulationPlugin(num_steps=tc.grad_accum, sync_with_dataloader=False)
+    accelerator = Accelerator(
+        mixed_precision=_mixed_precision(tc.mixed_precision), gradient_accumulation_plugin=accum,
+        log_with="wandb" if cfg.log.wandb != "disabled" else None, project_dir=str(out_dir),
+        dataloader_config=DataLoaderConfiguration(non_blocking=torch.cuda.is_available()),
+        dynamo_backend="inductor" if tc.compile else None,
+    )
+    if torch.cuda.is_available():
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    set_seed(tc.seed)
+    main = accelerator.is_main_process
+
+    with accelerator.main_process_first():  # the main process fills the datasets cache, the others read it
+        task = prepare_task(cfg, out_dir / ckpt.TOKENIZER_FILE if tc.resume else None)
+    cfg = dataclasses.replace(cfg, model=task.model_cfg)
+    set_seed(tc.seed)  # same initial weights whatever data preparation consumed
+    model = build_model(cfg.model)
+    if task.init_state is not None:
+        model.load_state_dict(task.init_state)
+    created = False
+    if main and not tc.resume:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        created = True
+        ckpt.write_text(out_dir / ckpt.CONFIG_FILE, _config_json(cfg))
+        task.tokenizer.save(str(out_dir / ckpt.TOKENIZER_FILE))
+    accelerator.wait_for_everyone()
+
+    loader_kw = dict(batch_size=tc.batch_size, collate_fn=task.collate, pin_memory=torch.cuda.is_available(),
+                     generator=torch.Generator())  # own generator: iterating never draws from the global RNG
+    train_loader = torch.utils.data.DataLoader(task.train, shuffle=False, drop_last=True, **loader_kw)
+    val_loader = torch.utils.data.DataLoader(task.val, shuffle=False, drop_last=False, **loader_kw)
+    if len(train_loader) < 1:
+        raise ConfigError(f"train.batch_size={tc.batch_size} is larger than the {len(task.train)} training sequences: lower it")
+    optimizer = make_optimizer(model, tc, fused=torch.cuda.is_available())
+    model, optimizer, train_loader, val_loader = accelerator.prepare(model, optimizer, train_loader, val_loader)
+
+    progress = {"step": 0, "epoch": 0, "micro_batches": 0, "best": None}
+    if tc.resume:
+        state = ckpt.state_dir(out_dir)
+        progress = ckpt.read_progress(state)
+        accelerator.load_state(str(state))
+    n_params = count_params(accelerator.unwrap_model(model))
+    tokens_per_step = tc.batch_size * cfg.model.block_size * tc.grad_accum * accelerator.num_processes
+    peak, fpt = device_peak_flops(), flops_per_token(cfg.model, n_params)
+    log = MetricsLog(out_dir / "metrics.jsonl", main)
+    if cfg.log.wandb != "disabled":
+        accelerator.init_trackers(cfg.log.project, config=cfg.to_dict(), init_kwargs={
+            "wandb": {"mode": cfg.log.wandb, "name": cfg.log.run_name, "dir": str(out_dir)}})
+    accelerator.print(f"model: {n_params / 1e6:.2f}M parameters | {len(task.train)} training blocks | "
+                      f"{tokens_per_step} tokens per step | {accelerator.num_processes} process(es) on {accelerator.device}")
+
+    step, micro = progress["step"], progress["micro_batches"]
+    epoch, skip = divmod(micro, len(train_loader))
+    bar = tqdm(total=tc.max_steps, initial=step, disable=not main, dynamic_ncols=True, desc="train")
+    model.train()
+    loss_sum = torch.zeros((), device=accelerator.device)  # summed on device: no host sync per step
+    loss_count, t_last, step_last = 0, time.perf_counter(), step
+    result: dict[str, float] = {}
+    try:
+        while step < tc.max_steps:
+            task.train.set_epoch(epoch)
+            batches = accelerator.skip_first_batches(train_loader, skip) if skip else train_loader
+            for batch in batches:
+                with accelerator.accumulate(model):
+                    out = model(**batch)
+                    accelerator.backward(out.loss)
+                    if accelerator.sync_gradients:
+                        for group in optimizer.param_groups:
+                            group["lr"] = lr_at(step, tc)
+                        if tc.grad_clip:
+                            accelerator.clip_grad_norm_(model.parameters(), tc.grad_clip)
+                    optimizer.step()
+                    optimizer.zero_grad(set_to_none=True)
+                micro += 1
+                loss_sum += out.loss.detach()
+                loss_count += 1
+                if not accelerator.sync_gradients:
+                    continue
+                step += 1
+                bar.update(1)
+                if step % cfg.log.log_interval == 0 or step == tc.max_steps:
+                    loss = accelerator.reduce(loss_sum / loss_count, "mean").item()
+                    dt = time.perf_counter() - t_last
+                    tok_s = tokens_per_step * (step - step_last) / dt
+                    record = {"split": "train", "step": step, "loss": loss, "lr": lr_at(step - 1, tc), "tokens_per_s": tok_s}
+                    if peak:
+                        record["mfu"] = fpt * tok_s / (peak * accelerator.num_processes)
+                    log.write(record)
+                    accelerator.log({k: v for k, v in record.items() if k != "split"}, step=step)
+                    bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{tok_s:,.0f}", **({"mfu": f"{record['mfu']:.1%}"} if peak else {}))
+                    loss_sum.zero_()
+                    loss_count, t_last, step_last = 0, time.perf_counter(), step
+                if step % tc.eval_interval == 0 or step == tc.max_steps:
+                    last = step == tc.max_steps
+                    result = evaluate(model, val_loader, accelerator, 0 if last else tc.eval_batches)
+                    log.write({"split": "val", "step": step, **result})
+                    accelerator.log(result, step=step)
+                    bar.write(f"step {step}: " + ", ".join(f"{k} {v:.4f}" for k, v in result.items()))
+                    progress = {"step": step, "epoch": micro // len(train_loader), "micro_batches": micro, "best": None}
+                    _save(accelerator, model, out_dir, progress)
+                    created = False  # the run directory now holds a checkpoint worth keeping
+                    t_last = time.perf_counter()  # evaluation and saving are not training throughput
+                if step >= tc.max_steps:
+                    break
+            epoch, skip = epoch + 1, 0
+    except BaseException:
+        if created and main:  # a new run that failed before its first checkpoint leaves nothing behind
+            shutil.rmtree(out_dir, ignore_errors=True)
+        raise
+    finally:
+        bar.close()
+    if main:
+        plot_losses(log.read(), out_dir / "loss.png")
+    mem = peak_memory_mb()
+    accelerator.print(f"done: {step} steps | peak memory {mem:,.0f} MiB | run directory {out_dir}")
+    accelerator.end_training()
+    return result
+
+
+def _config_json(cfg: Config) -> str:
+    import json
+
+    return json.dumps(cfg.to_dict(), indent=2) + "\n"
