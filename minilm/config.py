@@ -93,8 +93,14 @@ class DataConfig:
     dataset: str | None = None  # a Hugging Face hub dataset name (needs a network)
     text_column: str = "text"
     num_proc: int = 1  # processes for datasets.map tokenization
+    # BERT pretraining (bidirectional models) only:
+    mlm_probability: float = 0.15  # share of real tokens chosen for prediction (80 % [MASK], 10 % random, 10 % kept)
+    nsp: bool = True  # sentence pairs with next-sentence prediction; false: plain packed blocks, MLM only
+    short_seq_prob: float = 0.1  # share of NSP examples built shorter than the block, as BERT's data builder does
 
     def validate(self) -> None:
+        _check(0.0 < self.mlm_probability < 1.0, "data.mlm_probability", "a number strictly between 0 and 1", self.mlm_probability)
+        _check(0.0 <= self.short_seq_prob <= 1.0, "data.short_seq_prob", "a number in [0, 1]", self.short_seq_prob)
         _check(0.0 < self.val_fraction < 1.0, "data.val_fraction", "a number strictly between 0 and 1", self.val_fraction)
         _check(self.num_proc > 0, "data.num_proc", "a positive integer", self.num_proc)
         if not self.train_files and not self.dataset:
@@ -162,6 +168,9 @@ class Config:
     def validate(self) -> None:
         for section in SECTIONS:
             getattr(self, section).validate()
+        if not (self.model.causal or self.tokenizer.kind == "wordpiece" or self.tokenizer.path or self.model.init_from):
+            raise ConfigError(f"tokenizer.kind={self.tokenizer.kind!r} cannot build BERT inputs ([CLS], [SEP], [MASK]): "
+                              "set tokenizer.kind=wordpiece for a bidirectional model")
         if self.model.causal and self.model.type_vocab_size:
             raise ConfigError("model.type_vocab_size is for bidirectional (BERT) models: set it to 0 or model.causal=false")
 
@@ -181,6 +190,17 @@ PRESETS: dict[str, dict[str, Any]] = {
     "gpt2-small": dict(n_layer=12, n_head=12, n_embd=768, block_size=1024),  # 124M
     "gpt2-medium": dict(n_layer=24, n_head=16, n_embd=1024, block_size=1024),  # 355M
 }
+# BERT: bidirectional, post-LN with an embedding LayerNorm, segment embeddings, exact GELU (Devlin et al.; the
+# small sizes are Turc et al. 2019). Counts at BERT's 30,522-token vocabulary, with pooler and MLM/NSP heads.
+_BERT = dict(block_size=512, causal=False, norm="post", norm_eps=1e-12, embedding_norm=True, type_vocab_size=2,
+             activation="gelu")
+PRESETS.update({
+    "bert-tiny": dict(_BERT, n_layer=2, n_head=2, n_embd=128),  # 4.4M
+    "bert-mini": dict(_BERT, n_layer=4, n_head=4, n_embd=256),  # 11.3M
+    "bert-small": dict(_BERT, n_layer=4, n_head=8, n_embd=512),  # 29.1M
+    "bert-medium": dict(_BERT, n_layer=8, n_head=8, n_embd=512),  # 41.7M
+    "bert-base": dict(_BERT, n_layer=12, n_head=12, n_embd=768),  # 110.1M
+})
 
 
 def preset_names() -> list[str]:

@@ -18,7 +18,8 @@ IGNORE = -100  # label value that carries no loss
 class TaskOutput:
     logits: torch.Tensor | None
     loss: torch.Tensor | None = None
-    metrics: dict[str, torch.Tensor] = field(default_factory=dict)  # per-batch extras to log (sums and counts)
+    metrics: dict[str, torch.Tensor] = field(default_factory=dict)  # evaluation: per-example sums `k`, counts `k_n`
+    aux_logits: torch.Tensor | None = None  # a second head's output (BERT: next-sentence logits)
 
 
 class CausalLM(nn.Module):
@@ -52,8 +53,80 @@ def lm_loss(logits: torch.Tensor, labels: torch.Tensor, name: str, with_metrics:
     return TaskOutput(logits, loss, {name: per_token.sum(-1), f"{name}_n": count})
 
 
+class Pooler(nn.Module):
+    """BERT's sentence summary: the [CLS] hidden state -> dense -> tanh."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.dense = nn.Linear(cfg.n_embd, cfg.n_embd)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(self.dense(h[:, 0]))  # (B, C)
+
+
+class MLMHead(nn.Module):
+    """dense -> GELU -> LayerNorm -> decoder tied to the token embedding, plus an output bias."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.dense = nn.Linear(cfg.n_embd, cfg.n_embd)
+        self.approximate = "tanh" if cfg.activation == "gelu_tanh" else "none"
+        self.norm = nn.LayerNorm(cfg.n_embd, eps=cfg.norm_eps)
+        self.bias = nn.Parameter(torch.zeros(cfg.vocab_size))
+
+    def forward(self, h: torch.Tensor, embedding: torch.Tensor) -> torch.Tensor:
+        h = self.norm(F.gelu(self.dense(h), approximate=self.approximate))
+        return F.linear(h, embedding, self.bias)  # (..., vocab)
+
+
+class MaskedLM(nn.Module):
+    """BERT pretraining: the stack with bidirectional attention, a masked-LM head and a next-sentence head.
+
+    With labels, MLM logits are computed only at the masked positions (about 15 %), not over the whole
+    vocabulary x sequence; the loss is the same as the dense computation.
+    """
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.transformer = Transformer(cfg)
+        self.pooler = Pooler(cfg)
+        self.mlm = MLMHead(cfg)
+        self.nsp = nn.Linear(cfg.n_embd, 2)
+
+    def forward(self, input_ids: torch.Tensor, segment_ids: torch.Tensor | None = None,
+                attention_mask: torch.Tensor | None = None, labels: torch.Tensor | None = None,
+                next_sentence_label: torch.Tensor | None = None, dense: bool = False) -> TaskOutput:
+        h = self.transformer(input_ids, segment_ids, attention_mask)  # (B, T, C)
+        nsp_logits = self.nsp(self.pooler(h))  # (B, 2)
+        emb = self.transformer.tok_emb.weight
+        if labels is None or dense:
+            logits = self.mlm(h, emb)  # (B, T, vocab)
+            out = TaskOutput(logits)
+            if labels is None:
+                return out
+            out.loss = F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=IGNORE)
+        else:
+            picked = labels != IGNORE  # (B, T)
+            rows = picked.nonzero()[:, 0]  # (N,) example index of each masked position
+            target = labels[picked]  # (N,)
+            logits = self.mlm(h[picked], emb)  # (N, vocab)
+            per_token = F.cross_entropy(logits.float(), target, reduction="none")  # (N,)
+            out = TaskOutput(logits, per_token.mean() if len(target) else logits.sum() * 0)  # 0 keeps the graph
+            if not self.training:  # per-example sums and counts for evaluation
+                zeros = torch.zeros(h.size(0), device=h.device)
+                out.metrics["mlm_loss"] = zeros.index_add(0, rows, per_token)
+                out.metrics["mlm_acc"] = zeros.index_add(0, rows, (logits.argmax(-1) == target).float())
+                out.metrics["mlm_loss_n"] = out.metrics["mlm_acc_n"] = zeros.index_add(0, rows, torch.ones_like(per_token))
+        out.aux_logits = nsp_logits
+        if next_sentence_label is not None:
+            out.loss = out.loss + F.cross_entropy(nsp_logits.float(), next_sentence_label)
+            if not self.training:
+                out.metrics["nsp_acc"] = (nsp_logits.argmax(-1) == next_sentence_label).float()
+                out.metrics["nsp_acc_n"] = torch.ones_like(out.metrics["nsp_acc"])
+        return out
+
+
 def build_model(cfg: ModelConfig) -> nn.Module:
-    """The task model a model config describes."""
-    if cfg.causal:
-        return CausalLM(cfg)
-    raise NotImplementedError("bidirectional pretraining arrives with the BERT heads")
+    """The task model a model config describes: causal -> GPT, bidirectional -> BERT pretraining."""
+    return CausalLM(cfg) if cfg.causal else MaskedLM(cfg)

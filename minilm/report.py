@@ -67,7 +67,8 @@ def plot_losses(records: list[dict], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     train = [(r["step"], r["loss"]) for r in records if r.get("split") == "train"]
-    val = [(r["step"], r["val_loss"]) for r in records if r.get("split") == "val"]
+    key = next((k for k in ("val_loss", "val_mlm_loss") if any(k in r for r in records)), "val_loss")
+    val = [(r["step"], r[key]) for r in records if r.get("split") == "val" and key in r]
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
     if train:
         ax.plot(*zip(*train), label="train", lw=1.2)

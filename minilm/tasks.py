@@ -12,6 +12,8 @@ from tokenizers import Tokenizer
 
 from minilm.config import Config, ModelConfig
 from minilm.data.lm import build_lm_datasets, iter_texts, load_text_splits
+from minilm.data.mlm import MaskingCollator, build_mlm_datasets
+from minilm.errors import ConfigError
 from minilm.tokenizer import load_tokenizer, train_tokenizer
 
 
@@ -21,7 +23,8 @@ class TaskData:
     model_cfg: ModelConfig  # with vocab_size filled in
     train: torch.utils.data.Dataset
     val: torch.utils.data.Dataset
-    collate: Callable | None = None  # None: default stacking
+    collate: Callable | None = None  # batches the training examples (None: default stacking)
+    val_collate: Callable | None = None  # batches the validation examples
     init_state: dict[str, torch.Tensor] | None = None  # weights from model.init_from
 
 
@@ -51,6 +54,13 @@ def prepare_task(cfg: Config, resume_tokenizer: Path | None = None) -> TaskData:
     model_cfg = src_cfg or cfg.model
     if not model_cfg.vocab_size:
         model_cfg = dataclasses.replace(model_cfg, vocab_size=tok.get_vocab_size())
+    if tok.get_vocab_size() > model_cfg.vocab_size:
+        raise ConfigError(f"the tokenizer has {tok.get_vocab_size()} tokens but model.vocab_size is "
+                          f"{model_cfg.vocab_size}: raise model.vocab_size or set it to 0 (take the tokenizer's)")
     cfg = dataclasses.replace(cfg, model=model_cfg)
-    train, val = build_lm_datasets(cfg, tok, train_docs, val_docs)
-    return TaskData(tok, model_cfg, train, val, None, state)
+    if model_cfg.causal:
+        train, val = build_lm_datasets(cfg, tok, train_docs, val_docs)
+        return TaskData(tok, model_cfg, train, val, None, None, state)
+    train, val = build_mlm_datasets(train_docs, val_docs, tok, cfg.data, model_cfg.block_size, cfg.train.seed)
+    collate, val_collate = MaskingCollator(tok, cfg.data.mlm_probability), MaskingCollator(tok, cfg.data.mlm_probability, fixed=True)
+    return TaskData(tok, model_cfg, train, val, collate, val_collate, state)

@@ -69,7 +69,11 @@ def train(cfg: Config) -> dict[str, float]:
     ckpt.check_run_dir(out_dir, tc.resume)  # before any work: never touch another run's directory
     if tc.resume:
         saved = ckpt.read_config(out_dir)
-        if dataclasses.replace(saved.model, init_from=None) != dataclasses.replace(cfg.model, vocab_size=saved.model.vocab_size, init_from=None):
+        if cfg.model.init_from:  # the architecture came from init_from, not from the model section
+            same = saved.model.init_from == cfg.model.init_from
+        else:
+            same = saved.model == dataclasses.replace(cfg.model, vocab_size=saved.model.vocab_size)
+        if not same:
             raise ConfigError(f"the model section differs from the one saved in {str(out_dir)!r}: resume with the same config")
     if tc.threads:
         torch.set_num_threads(tc.threads)
@@ -100,10 +104,10 @@ def train(cfg: Config) -> dict[str, float]:
         task.tokenizer.save(str(out_dir / ckpt.TOKENIZER_FILE))
     accelerator.wait_for_everyone()
 
-    loader_kw = dict(batch_size=tc.batch_size, collate_fn=task.collate, pin_memory=torch.cuda.is_available(),
-                     generator=torch.Generator())  # own generator: iterating never draws from the global RNG
-    train_loader = torch.utils.data.DataLoader(task.train, shuffle=False, drop_last=True, **loader_kw)
-    val_loader = torch.utils.data.DataLoader(task.val, shuffle=False, drop_last=False, **loader_kw)
+    # an own generator: creating an iterator never draws from the global RNG (which dropout and masking use)
+    loader_kw = dict(batch_size=tc.batch_size, pin_memory=torch.cuda.is_available(), generator=torch.Generator())
+    train_loader = torch.utils.data.DataLoader(task.train, collate_fn=task.collate, drop_last=True, **loader_kw)
+    val_loader = torch.utils.data.DataLoader(task.val, collate_fn=task.val_collate, **loader_kw)
     if len(train_loader) < 1:
         raise ConfigError(f"train.batch_size={tc.batch_size} is larger than the {len(task.train)} training sequences: lower it")
     optimizer = make_optimizer(model, tc, fused=torch.cuda.is_available())

@@ -1,0 +1,295 @@
+"""Hugging Face interop: export a GPT run as a `transformers` GPT-2 folder; import GPT-2 folders and minilm runs.
+
+Only the file layout is involved (safetensors, json, tokenizers), so this module never imports `transformers`.
+Each direction dispatches on the model kind, so a BERT exporter / importer is one more table entry.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import uuid
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+
+from minilm.checkpoint import CONFIG_FILE, MODEL_FILE, TOKENIZER_FILE, load_run, read_config, read_tokenizer
+from minilm.config import ModelConfig
+from minilm.errors import CheckpointError, ConfigError
+from minilm.tokenizer import EOT, load_tokenizer
+
+State = dict[str, torch.Tensor]
+
+# Our module names inside blocks.{i} -> GPT-2's inside h.{i}. GPT-2's Conv1D stores (in, out): the
+# transpose of nn.Linear's (out, in) weight; LayerNorms and embeddings keep their layout.
+_GPT2_BLOCK = {"norm1": "ln_1", "attn.qkv": "attn.c_attn", "attn.proj": "attn.c_proj",
+               "norm2": "ln_2", "mlp.fc": "mlp.c_fc", "mlp.proj": "mlp.c_proj"}
+_CONV1D = {"attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj"}
+_GPT2_ACT_OUT = {"gelu_tanh": "gelu_new", "gelu": "gelu"}
+# "gelu_new", "gelu_fast" and "gelu_pytorch_tanh" are the same tanh approximation written three ways
+_GPT2_ACT_IN = {"gelu_new": "gelu_tanh", "gelu_fast": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "gelu": "gelu"}
+_GPT2_BUFFERS = (".attn.bias", ".attn.masked_bias")  # causal-mask buffers older transformers saved
+
+
+def _gpt2_modules(n_layer: int) -> list[tuple[str, str, bool]]:
+    """(our module, GPT-2 module without the `transformer.` prefix, has a bias) for every weight GPT-2 holds."""
+    out = [("transformer.tok_emb", "wte", False), ("transformer.pos_emb", "wpe", False)]
+    for i in range(n_layer):
+        out += [(f"transformer.blocks.{i}.{ours}", f"h.{i}.{theirs}", True) for ours, theirs in _GPT2_BLOCK.items()]
+    return out + [("transformer.final_norm", "ln_f", True)]
+
+
+# ---------------------------------------------------------------------------------------------
+# Export
+
+
+def _gpt2_check(cfg: ModelConfig) -> None:
+    if cfg.norm != "pre":
+        raise CheckpointError(f"model.norm={cfg.norm!r} cannot be exported: GPT-2 is pre-LN, so only "
+                              "model.norm='pre' runs can be written as a GPT-2 folder")
+    if cfg.embedding_norm:
+        raise CheckpointError("model.embedding_norm=true cannot be exported: GPT-2 has no LayerNorm after the "
+                              "embeddings, so only runs trained without it can be written as a GPT-2 folder")
+
+
+def _gpt2_export(cfg: ModelConfig, model: torch.nn.Module, tok: Tokenizer) -> tuple[dict[str, Any], State]:
+    """GPT-2 config.json and weights equivalent to our CausalLM."""
+    own = model.state_dict()
+    # a sinusoidal table is a fixed wpe: writing it as GPT-2's learned table is exact for inference
+    if cfg.position == "sinusoidal":
+        own["transformer.pos_emb.weight"] = model.transformer.pos_table
+    tensors: State = {}
+    for ours, theirs, has_bias in _gpt2_modules(cfg.n_layer):
+        w = own[f"{ours}.weight"]
+        tensors[f"transformer.{theirs}.weight"] = (w.t() if theirs.split(".", 2)[-1] in _CONV1D else w).contiguous()
+        if has_bias:  # bias=False is exactly GPT-2 with zero biases
+            tensors[f"transformer.{theirs}.bias"] = own.get(f"{ours}.bias", torch.zeros(w.shape[0], dtype=w.dtype))
+    tensors = {k: v.detach().cpu().clone().contiguous() for k, v in tensors.items()}  # no shared storage
+    eot = tok.token_to_id(EOT)
+    config = {
+        "model_type": "gpt2", "architectures": ["GPT2LMHeadModel"],
+        "vocab_size": cfg.vocab_size, "n_positions": cfg.block_size, "n_embd": cfg.n_embd,
+        "n_layer": cfg.n_layer, "n_head": cfg.n_head, "n_inner": cfg.d_ff or None,  # None: 4 * n_embd, as ours
+        "activation_function": _GPT2_ACT_OUT[cfg.activation], "layer_norm_epsilon": cfg.norm_eps,
+        "resid_pdrop": cfg.dropout, "embd_pdrop": cfg.dropout, "attn_pdrop": cfg.dropout,
+        "initializer_range": 0.02, "scale_attn_weights": True, "use_cache": True,
+        # written even when None: GPT2Config's default 50256 would point outside a small vocabulary
+        "bos_token_id": eot, "eos_token_id": eot, "tie_word_embeddings": True,
+    }
+    return config, tensors
+
+
+# kind -> (check the config before loading weights, build config.json + weights); BERT slots in here
+_EXPORTERS: dict[str, tuple[Callable[[ModelConfig], None],
+                            Callable[[ModelConfig, torch.nn.Module, Tokenizer], tuple[dict[str, Any], State]]]] = {
+    "gpt2": (_gpt2_check, _gpt2_export),
+}
+
+
+def _model_kind(cfg: ModelConfig) -> str:
+    return "gpt2" if cfg.causal else "bert"
+
+
+def _tokenizer_config(tok: Tokenizer, block_size: int) -> dict[str, Any]:
+    """What AutoTokenizer needs to wrap tokenizer.json as it is, for any tokenizers model (WordLevel, BPE, ...)."""
+    cfg: dict[str, Any] = {
+        "tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": block_size,
+        "clean_up_tokenization_spaces": False,  # otherwise decode() rewrites " ," to "," and breaks round trips
+    }
+    if tok.token_to_id(EOT) is not None:  # GPT-2's convention: one token is bos, eos and unk
+        cfg.update(bos_token=EOT, eos_token=EOT, unk_token=EOT)
+    return cfg
+
+
+def _check_out_dir(out_dir: Path) -> None:
+    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
+        raise CheckpointError(f"output directory {str(out_dir)!r} already exists and is not an empty directory: "
+                              "choose a new directory (export never overwrites)")
+
+
+def export_hf(run_dir: Path, out_dir: Path) -> None:
+    """Write the run in `run_dir` as a Hugging Face folder that transformers' from_pretrained loads."""
+    run_dir, out_dir = Path(run_dir), Path(out_dir)
+    cfg = read_config(run_dir).model  # refuse what cannot be exported before loading any weights
+    kind = _model_kind(cfg)
+    if kind not in _EXPORTERS:
+        raise CheckpointError(f"{str(run_dir)!r} holds a bidirectional (BERT) model, which cannot be exported yet: "
+                              "only GPT (model.causal=true) runs can be")
+    check, build = _EXPORTERS[kind]
+    check(cfg)
+    _check_out_dir(out_dir)
+    _, model, tok = load_run(run_dir)
+    config, tensors = build(cfg, model, tok)
+
+    # build everything in a sibling temp dir and rename it into place: a failure leaves no half-written folder
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_dir.parent / f".{out_dir.name}.tmp-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    try:
+        (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+        save_file(tensors, str(tmp / MODEL_FILE), metadata={"format": "pt"})  # transformers requires the format tag
+        shutil.copyfile(run_dir / TOKENIZER_FILE, tmp / TOKENIZER_FILE)
+        tok_cfg = _tokenizer_config(tok, cfg.block_size)
+        (tmp / "tokenizer_config.json").write_text(json.dumps(tok_cfg, indent=2) + "\n", encoding="utf-8")
+        _check_out_dir(out_dir)  # again: something may have appeared there while we worked
+        if out_dir.exists():
+            out_dir.rmdir()  # empty, checked above; os.replace cannot replace a directory on every platform
+        os.replace(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+# ---------------------------------------------------------------------------------------------
+# Import
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{str(path)!r} is not readable JSON ({e}): restore it from its source") from e
+    if not isinstance(raw, dict):
+        raise CheckpointError(f"{str(path)!r} must hold a JSON object: restore it from its source")
+    return raw
+
+
+def _read_safetensors(path: Path) -> State:
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"{str(path)!r} is not a readable safetensors file ({e}): it may be truncated") from e
+
+
+def _hf_weights(folder: Path) -> State:
+    """model.safetensors, or the shards an index lists; pickled weights are refused (unpickling runs code)."""
+    if (folder / MODEL_FILE).is_file():
+        return _read_safetensors(folder / MODEL_FILE)
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        shards = sorted(set(_read_json(index).get("weight_map", {}).values()))
+        return {k: v for shard in shards for k, v in _read_safetensors(folder / shard).items()}
+    pickles = sorted(p.name for p in folder.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".ckpt"))
+    if pickles:
+        raise CheckpointError(f"{str(folder)!r} holds only pickled weights ({pickles[0]}), which minilm will not "
+                              "unpickle: convert it to safetensors (save_pretrained(out, safe_serialization=True))")
+    raise CheckpointError(f"{str(folder)!r} has no {MODEL_FILE}: give a folder with safetensors weights")
+
+
+def _hf_tokenizer(folder: Path) -> Tokenizer:
+    if (folder / TOKENIZER_FILE).is_file():
+        return load_tokenizer(folder / TOKENIZER_FILE)
+    vocab, merges = folder / "vocab.json", folder / "merges.txt"
+    if not (vocab.is_file() and merges.is_file()):
+        raise CheckpointError(f"{str(folder)!r} has no tokenizer.json (nor vocab.json + merges.txt): add the tokenizer "
+                              "files of the model")
+    try:  # GPT-2's slow-tokenizer files: byte-level BPE with <|endoftext|> as its one special token
+        tok = Tokenizer(models.BPE.from_file(str(vocab), str(merges)))
+    except Exception as e:  # tokenizers raises a bare Exception on malformed files
+        raise CheckpointError(f"{str(vocab)!r} / {str(merges)!r} could not be read ({e}): restore them") from e
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.add_special_tokens([EOT])
+    return tok
+
+
+def _gpt2_import(raw: dict[str, Any], hf_state: State, where: Path) -> tuple[ModelConfig, State]:
+    """Our ModelConfig and state dict from a GPT-2 config.json and weights (GPT2Model or GPT2LMHeadModel)."""
+    act = raw.get("activation_function", "gelu_new")
+    if act not in _GPT2_ACT_IN:
+        raise CheckpointError(f"{str(where)!r}: activation_function={act!r} is not supported: "
+                              f"minilm models use one of {', '.join(_GPT2_ACT_IN)}")
+    for key, ok in (("scale_attn_weights", True), ("scale_attn_by_inverse_layer_idx", False),
+                    ("add_cross_attention", False), ("tie_word_embeddings", True)):
+        if raw.get(key, ok) != ok:
+            raise CheckpointError(f"{str(where)!r}: {key}={raw[key]!r} has no minilm equivalent: "
+                                  f"only GPT-2 models with {key}={ok} can be loaded")
+    try:  # defaults are GPT2Config's: files saved by transformers may leave them out
+        n_embd, n_inner = int(raw.get("n_embd", 768)), int(raw.get("n_inner") or 0)
+        cfg = ModelConfig(vocab_size=int(raw.get("vocab_size", 50257)), block_size=int(raw.get("n_positions", 1024)),
+                          n_layer=int(raw.get("n_layer", 12)), n_head=int(raw.get("n_head", 12)),
+                          n_embd=n_embd, d_ff=0 if n_inner == 4 * n_embd else n_inner,  # 0 means 4 * n_embd
+                          dropout=float(raw.get("resid_pdrop", 0.1)),
+                          norm_eps=float(raw.get("layer_norm_epsilon", 1e-5)),
+                          activation=_GPT2_ACT_IN[act])
+        cfg.validate()
+    except (ConfigError, TypeError, ValueError) as e:
+        raise CheckpointError(f"{str(where / CONFIG_FILE)!r} describes no valid GPT-2 model ({e}): restore it") from e
+
+    # GPT2LMHeadModel prefixes `transformer.`, GPT2Model does not; the masks are buffers, not weights
+    hf = {k.removeprefix("transformer."): v for k, v in hf_state.items() if not k.endswith(_GPT2_BUFFERS)}
+    head = hf.pop("lm_head.weight", None)
+    if head is not None and "wte.weight" in hf and not torch.equal(head, hf["wte.weight"]):
+        raise CheckpointError(f"{str(where)!r}: lm_head.weight differs from wte.weight, but minilm ties them: "
+                              "only GPT-2 models with tied embeddings can be loaded")
+    state: State = {}
+    for ours, theirs, has_bias in _gpt2_modules(cfg.n_layer):
+        for suffix in ("weight", "bias") if has_bias else ("weight",):
+            t = hf.pop(f"{theirs}.{suffix}", None)
+            if t is None:
+                raise CheckpointError(f"{str(where)!r} lacks the weight {theirs}.{suffix}: "
+                                      "the weights do not match config.json")
+            conv = suffix == "weight" and theirs.split(".", 2)[-1] in _CONV1D
+            state[f"{ours}.{suffix}"] = t.t().contiguous() if conv and t.dim() == 2 else t
+    if hf:
+        raise CheckpointError(f"{str(where)!r} has weights a plain GPT-2 lacks ({sorted(hf)[:3]}): "
+                              "give a plain GPT-2 (GPT2Model / GPT2LMHeadModel) folder")
+    return cfg, state
+
+
+# Hugging Face model_type -> importer; BERT slots in here
+_IMPORTERS: dict[str, Callable[[dict[str, Any], State, Path], tuple[ModelConfig, State]]] = {"gpt2": _gpt2_import}
+
+
+def _check_state(cfg: ModelConfig, state: State, where: Path) -> None:
+    """Names and shapes must be exactly what build_model(cfg) expects (checked on the meta device: no memory)."""
+    from minilm.heads import build_model
+
+    try:
+        with torch.device("meta"):
+            want = {k: tuple(v.shape) for k, v in build_model(cfg).state_dict().items()}
+    except NotImplementedError:
+        return  # no head for this kind yet: nothing to compare against
+    missing, unexpected = sorted(set(want) - set(state)), sorted(set(state) - set(want))
+    if missing or unexpected:
+        raise CheckpointError(f"{str(where)!r}: weights do not match the config (missing {missing[:3]}, "
+                              f"unexpected {unexpected[:3]}): restore the files written together")
+    for k, shape in want.items():
+        if tuple(state[k].shape) != shape:
+            raise CheckpointError(f"{str(where)!r}: {k} has shape {tuple(state[k].shape)} but the config implies "
+                                  f"{shape}: restore the files written together")
+
+
+def load_pretrained(path: Path) -> tuple[ModelConfig, State, Tokenizer]:
+    """Config, weights (our names) and tokenizer of a minilm run directory or a local Hugging Face GPT-2 folder."""
+    path = Path(path)
+    if not path.is_dir():
+        raise CheckpointError(f"model.init_from={str(path)!r} is not a directory: give a minilm run directory "
+                              "or a local Hugging Face GPT-2 folder")
+    if not (path / CONFIG_FILE).is_file():
+        raise CheckpointError(f"{str(path)!r} has no {CONFIG_FILE}: give a minilm run directory or a Hugging Face "
+                              "folder")
+    raw = _read_json(path / CONFIG_FILE)
+    if isinstance(raw.get("model"), dict):  # a minilm run: its config has sections
+        cfg = read_config(path).model
+        if not (path / MODEL_FILE).is_file():
+            raise CheckpointError(f"{str(path)!r} has no {MODEL_FILE}: the run saved no weights (did training finish?)")
+        state = _read_safetensors(path / MODEL_FILE)
+        tok = read_tokenizer(path, cfg.vocab_size)
+    else:
+        model_type = raw.get("model_type")
+        if model_type not in _IMPORTERS:
+            raise CheckpointError(f"{str(path)!r} holds a model_type={model_type!r} model: "
+                                  f"only {', '.join(_IMPORTERS)} Hugging Face folders (or minilm runs) can be loaded")
+        cfg, state = _IMPORTERS[model_type](raw, _hf_weights(path), path)
+        tok = _hf_tokenizer(path)
+        if tok.get_vocab_size() > cfg.vocab_size:
+            raise CheckpointError(f"{str(path)!r}: the tokenizer has {tok.get_vocab_size()} tokens but the model only "
+                                  f"{cfg.vocab_size}: use the tokenizer saved with this model")
+    _check_state(cfg, state, path)
+    return cfg, state, tok

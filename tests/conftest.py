@@ -1,0 +1,119 @@
+"""Shared fixtures: offline environment, a small slice of tiny Shakespeare, tiny configs, one trained run."""
+
+from __future__ import annotations
+
+import os
+
+# Before anything imports datasets / huggingface_hub / wandb: never touch the network.
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["HF_DATASETS_OFFLINE"] = "1"
+os.environ["WANDB_MODE"] = "disabled"
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Tiny models run fastest on one thread, and the machine's cores are shared: no oversubscription
+# (inherited by the CLI subprocesses too). Set OMP_NUM_THREADS yourself to change it.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import json
+import math
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHAKESPEARE = ROOT / "data" / "tinyshakespeare.txt"
+TINY_YAML = ROOT / "configs" / "gpt-char-tiny.yaml"
+
+# A tiny character-level GPT: a couple of seconds per hundred steps on one CPU core.
+TINY_MODEL = ["model.n_layer=2", "model.n_head=2", "model.n_embd=32", "model.block_size=32"]
+
+
+def tiny_overrides(train_file: Path, out_dir: Path, *extra: str) -> list[str]:
+    """Dotted overrides for a tiny, fast run; later entries in `extra` win."""
+    return [
+        f"data.train_files={train_file}",
+        f"train.out_dir={out_dir}",
+        *TINY_MODEL,
+        "train.batch_size=16",
+        "train.max_steps=20",
+        "train.warmup_steps=5",
+        "train.lr=1e-2",
+        "train.min_lr=1e-3",
+        "train.eval_interval=10",
+        "log.log_interval=5",
+        *extra,
+    ]
+
+
+def read_metrics(run_dir: Path) -> list[dict]:
+    path = Path(run_dir) / "metrics.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def run_cli(*args: str, cwd: Path = ROOT, module: bool = True, timeout: float = 300) -> subprocess.CompletedProcess:
+    """`python -m minilm.cli ARGS` (or `python ARGS` with module=False) in a subprocess, offline."""
+    cmd = [sys.executable, "-m", "minilm.cli", *args] if module else [sys.executable, *args]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="session")
+def shakespeare_text() -> str:
+    """The first 60k characters of tiny Shakespeare."""
+    return SHAKESPEARE.read_text(encoding="utf-8")[:60_000]
+
+
+@pytest.fixture(scope="session")
+def shakespeare_file(tmp_path_factory, shakespeare_text) -> Path:
+    path = tmp_path_factory.mktemp("data") / "shakespeare.txt"
+    path.write_text(shakespeare_text, encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="session")
+def small_shakespeare_file(tmp_path_factory, shakespeare_text) -> Path:
+    """About 4k characters: six batches of 16 x 32 per epoch, so a dozen steps cross an epoch boundary."""
+    path = tmp_path_factory.mktemp("data_small") / "small.txt"
+    path.write_text(shakespeare_text[:4_000], encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def make_cfg(shakespeare_file, tmp_path):
+    """make_cfg(*overrides, out_dir=None, train_file=None) -> a validated tiny Config."""
+    from minilm.config import load_config
+
+    def make(*extra: str, out_dir: Path | None = None, train_file: Path | None = None):
+        return load_config(None, tiny_overrides(train_file or shakespeare_file, out_dir or tmp_path / "run", *extra))
+
+    return make
+
+
+@dataclass
+class TrainedRun:
+    run_dir: Path
+    result: dict
+    vocab_size: int
+    train_file: Path
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory, shakespeare_file) -> TrainedRun:
+    """One tiny pre-LN character GPT trained for 150 steps on 60k characters (a few seconds), shared by tests."""
+    from minilm.config import load_config
+    from minilm.train import train
+
+    run_dir = tmp_path_factory.mktemp("trained") / "run"
+    cfg = load_config(None, tiny_overrides(
+        shakespeare_file, run_dir, "model.n_embd=64", "train.max_steps=150", "train.eval_interval=50",
+        "train.warmup_steps=10", "log.log_interval=10",
+    ))
+    result = train(cfg)
+    vocab = json.loads((run_dir / "config.json").read_text())["model"]["vocab_size"]
+    return TrainedRun(run_dir, result, vocab, shakespeare_file)
+
+
+def uniform_loss(vocab_size: int) -> float:
+    return math.log(vocab_size)
