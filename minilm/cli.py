@@ -22,6 +22,92 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_finetune(args: argparse.Namespace) -> int:
+    from minilm.config import load_config
+    from minilm.train import train
+
+    train(load_config(args.config, ["train.task=classify", *args.overrides]))
+    return 0
+
+
+def datasets_quiet() -> None:
+    import datasets
+
+    datasets.disable_progress_bars()
+
+
+def _load_classifier(run_dir: str, device: str):
+    from minilm.checkpoint import load_run
+
+    cfg, model, tok = load_run(run_dir, device)
+    if not cfg.model.num_labels:
+        raise UsageError(f"{run_dir!r} is a pretraining run, not a classifier: fine-tune it first with `minilm finetune`")
+    return cfg, model, tok
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    import torch
+    from accelerate import Accelerator
+
+    from minilm.data import classify as cls_data
+    from minilm.metrics import format_confusion
+    from minilm.train import evaluate
+
+    cfg, model, tok = _load_classifier(args.run_dir, args.device)
+    datasets_quiet()
+    data = dataclasses.replace(cfg.data, text_column=args.text_column or cfg.data.text_column)
+    cl = dataclasses.replace(cfg.classify, text_pair_column=args.pair_column or cfg.classify.text_pair_column,
+                             label_column=args.label_column or cfg.classify.label_column)
+    cfg = dataclasses.replace(cfg, data=data, classify=cl)
+    table = cls_data.encode_table(cls_data.load_table([args.data], "--data"), tok, cfg, cfg.classify.labels, args.data)
+    loader = torch.utils.data.DataLoader(table, batch_size=args.batch_size,
+                                         collate_fn=cls_data.PadCollator(cls_data.pad_id(tok), cfg.classify.padding_side))
+    metrics, matrix = evaluate(model, loader, Accelerator(cpu=args.device == "cpu"))
+    print(f"{len(table)} examples from {args.data}")
+    for k, v in metrics.items():
+        print(f"{k.removeprefix('val_'):>10}: {v:.4f}")
+    print(format_confusion(matrix, cfg.classify.labels))
+    return 0
+
+
+def cmd_classify(args: argparse.Namespace) -> int:
+    import torch
+
+    from minilm.data import classify as cls_data
+
+    cfg, model, tok = _load_classifier(args.run_dir, args.device)
+    datasets_quiet()
+    texts = [args.text] if args.text is not None else [line.rstrip("\n") for line in sys.stdin if line.strip()]
+    if not texts:
+        raise UsageError("no text to classify: pass TEXT or lines on standard input")
+    pair_col = cfg.classify.text_pair_column
+    if args.pair is not None:
+        rows = [(t, args.pair) for t in texts]
+    elif pair_col:  # stdin lines hold both texts separated by a tab
+        rows = [tuple(t.split("\t", 1)) for t in texts]
+        if any(len(r) != 2 for r in rows):
+            raise UsageError("this classifier reads sentence pairs: give --pair TEXT2 or tab-separated lines")
+    else:
+        rows = [(t,) for t in texts]
+    import datasets
+
+    columns = {cfg.data.text_column: [r[0] for r in rows], cfg.classify.label_column: [cfg.classify.labels[0]] * len(rows)}
+    if pair_col:
+        columns[pair_col] = [r[1] for r in rows]
+    table = cls_data.encode_table(datasets.Dataset.from_dict(columns), tok, cfg, cfg.classify.labels, "the input")
+    batch = cls_data.PadCollator(cls_data.pad_id(tok), cfg.classify.padding_side)(list(table))
+    batch.pop("labels")
+    with torch.no_grad():
+        probs = torch.softmax(model(**{k: v.to(args.device) for k, v in batch.items()}).logits.float(), -1)
+    for text, p in zip(texts, probs):
+        best = int(p.argmax())
+        shown = "  ".join(f"{name} {float(q):.3f}" for name, q in zip(cfg.classify.labels, p))
+        print(f"{cfg.classify.labels[best]}\t{shown}\t{text}")
+    return 0
+
+
 def _check_sample_args(args: argparse.Namespace, vocab: int) -> None:
     if args.max_new_tokens < 0:
         raise UsageError(f"--max-new-tokens {args.max_new_tokens} is negative: give 0 or more")
@@ -80,6 +166,32 @@ def cmd_sample(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_fill_mask(args: argparse.Namespace) -> int:
+    import torch
+
+    from minilm.checkpoint import load_run
+    from minilm.tokenizer import MASK
+
+    cfg, model, tok = load_run(args.run_dir, args.device)
+    if cfg.model.causal or tok.token_to_id(MASK) is None:
+        raise UsageError(f"{args.run_dir!r} holds a causal (GPT) model: fill-mask needs a BERT run; use `minilm sample`")
+    if args.top_k < 1:
+        raise UsageError(f"--top-k {args.top_k} must be at least 1")
+    enc = tok.encode(args.text)
+    ids = torch.tensor([enc.ids[: cfg.model.block_size]], device=args.device)
+    where = (ids[0] == tok.token_to_id(MASK)).nonzero()[:, 0].tolist()
+    if not where:
+        raise UsageError(f"the text has no {MASK} token: write {MASK} where a word should be predicted")
+    with torch.no_grad():
+        logits = model(ids, torch.tensor([enc.type_ids[: ids.size(1)]], device=args.device)).logits[0]  # (T, vocab)
+    for n, pos in enumerate(where, 1):
+        probs = torch.softmax(logits[pos].float(), -1)
+        top = torch.topk(probs, min(args.top_k, probs.numel()))
+        fillers = "  ".join(f"{tok.id_to_token(int(i))} {float(p):.3f}" for p, i in zip(top.values, top.indices))
+        print(f"{MASK} {n}: {fillers}")
+    return 0
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     from minilm.hf import export_hf
 
@@ -116,6 +228,28 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("overrides", nargs="*", help="dotted overrides such as model.n_layer=4 train.max_steps=200")
     t.set_defaults(func=cmd_train)
 
+    ft = sub.add_parser("finetune", help="fine-tune a classifier from a YAML config")
+    ft.add_argument("config")
+    ft.add_argument("overrides", nargs="*", help="e.g. model.init_from=runs/bert-mini-gutenberg train.epochs=2")
+    ft.set_defaults(func=cmd_finetune)
+
+    ev = sub.add_parser("eval", help="score a classifier run on a labelled file")
+    ev.add_argument("run_dir")
+    ev.add_argument("--data", required=True, help="a labelled TSV/CSV/JSON(L)/parquet file")
+    ev.add_argument("--text-column", default=None)
+    ev.add_argument("--pair-column", default=None)
+    ev.add_argument("--label-column", default=None)
+    ev.add_argument("--batch-size", type=int, default=64)
+    ev.add_argument("--device", default="cpu")
+    ev.set_defaults(func=cmd_eval)
+
+    c = sub.add_parser("classify", help="label a text (or lines from standard input) with a classifier run")
+    c.add_argument("run_dir")
+    c.add_argument("text", nargs="?", default=None)
+    c.add_argument("--pair", default=None, help="the second text of a sentence pair")
+    c.add_argument("--device", default="cpu")
+    c.set_defaults(func=cmd_classify)
+
     s = sub.add_parser("sample", help="generate text from a GPT run")
     s.add_argument("run_dir")
     s.add_argument("--prompt", default="", help="text to continue (default: start a new document)")
@@ -129,6 +263,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--no-cache", action="store_true", help="recompute the whole context each step (slower)")
     s.add_argument("--device", default="cpu")
     s.set_defaults(func=cmd_sample)
+
+    f = sub.add_parser("fill-mask", help="predict the [MASK] tokens of a text with a BERT run")
+    f.add_argument("run_dir")
+    f.add_argument("text", help='e.g. "the old man walked to the [MASK] ."')
+    f.add_argument("--top-k", type=int, default=5)
+    f.add_argument("--device", default="cpu")
+    f.set_defaults(func=cmd_fill_mask)
 
     e = sub.add_parser("export", help="write a run as a Hugging Face transformers folder")
     e.add_argument("run_dir")

@@ -48,6 +48,8 @@ class ModelConfig:
     activation: str = "gelu_tanh"  # GPT-2 uses the tanh approximation, BERT the exact "gelu"
     init_from: str | None = None  # a minilm run directory or a local Hugging Face GPT-2/BERT folder
     gradient_checkpointing: bool = False  # recompute block activations in backward to save memory
+    num_labels: int = 0  # > 0: a sequence classifier over the stack (set by fine-tuning from the labels)
+    classifier_dropout: float = 0.1
 
     @property
     def ffn_dim(self) -> int:
@@ -60,6 +62,8 @@ class ModelConfig:
         _check(self.d_ff >= 0, "model.d_ff", "0 (4 * n_embd) or a positive integer", self.d_ff)
         _check(self.type_vocab_size >= 0, "model.type_vocab_size", "0 or a positive integer", self.type_vocab_size)
         _check(0.0 <= self.dropout < 1.0, "model.dropout", "a number in [0, 1)", self.dropout)
+        _check(0.0 <= self.classifier_dropout < 1.0, "model.classifier_dropout", "a number in [0, 1)", self.classifier_dropout)
+        _check(self.num_labels >= 0, "model.num_labels", "0 or a positive integer", self.num_labels)
         _check(self.norm_eps > 0, "model.norm_eps", "a positive number", self.norm_eps)
         _check(self.norm in ("pre", "post"), "model.norm", "'pre' or 'post'", self.norm)
         _check(self.position in ("learned", "sinusoidal"), "model.position", "'learned' or 'sinusoidal'", self.position)
@@ -91,7 +95,7 @@ class DataConfig:
     val_files: list[str] = field(default_factory=list)  # empty: hold out the last val_fraction of the training stream
     val_fraction: float = 0.1
     dataset: str | None = None  # a Hugging Face hub dataset name (needs a network)
-    text_column: str = "text"
+    text_column: str = "text"  # the text (for classification: the first text of each example)
     num_proc: int = 1  # processes for datasets.map tokenization
     # BERT pretraining (bidirectional models) only:
     mlm_probability: float = 0.15  # share of real tokens chosen for prediction (80 % [MASK], 10 % random, 10 % kept)
@@ -108,8 +112,23 @@ class DataConfig:
 
 
 @dataclass
+class ClassifyConfig:
+    """Fine-tuning on text classification (used when train.task is "classify")."""
+
+    text_pair_column: str | None = None  # the second text of a pair (MRPC); None for single sentences
+    label_column: str = "label"
+    labels: list[str] = field(default_factory=list)  # label names in id order; filled from the training data
+    padding_side: str = "right"  # GPT runs classify the last real token under either side
+
+    def validate(self) -> None:
+        _check(self.padding_side in ("left", "right"), "classify.padding_side", "'left' or 'right'", self.padding_side)
+
+
+@dataclass
 class TrainConfig:
     out_dir: str = "runs/default"
+    task: str = "pretrain"  # "pretrain" (causal LM or MLM + NSP, by model.causal) or "classify" (fine-tuning)
+    epochs: int = 0  # > 0: train this many passes over the data (sets max_steps) and evaluate after each
     seed: int = 1337
     batch_size: int = 32  # sequences per process per micro-step
     grad_accum: int = 1
@@ -126,12 +145,19 @@ class TrainConfig:
     mixed_precision: str = "auto"  # "auto" (bf16 on a GPU that has it, else fp32), "no", "bf16", "fp16"
     compile: bool = False  # torch.compile the model
     resume: bool = False  # continue the run in out_dir exactly where it stopped
+    best_metric: str | None = None  # e.g. "val_accuracy" or "val_loss": model.safetensors keeps the best evaluation
+    early_stopping: int = 0  # stop after this many evaluations without improving best_metric (0: never)
     threads: int = 0  # torch CPU threads; 0 leaves torch's default
 
     def validate(self) -> None:
         for name in ("batch_size", "grad_accum", "max_steps", "eval_interval"):
             _check(getattr(self, name) > 0, f"train.{name}", "a positive integer", getattr(self, name))
-        for name in ("warmup_steps", "eval_batches", "threads"):
+        _check(self.task in ("pretrain", "classify"), "train.task", "'pretrain' or 'classify'", self.task)
+        _check(self.best_metric is None or self.best_metric.startswith("val_"), "train.best_metric",
+               "a validation metric such as 'val_accuracy', 'val_f1', 'val_mcc' or 'val_loss'", self.best_metric)
+        _check(not self.early_stopping or self.best_metric, "train.early_stopping", "only with train.best_metric set",
+               self.early_stopping)
+        for name in ("warmup_steps", "eval_batches", "threads", "epochs", "early_stopping"):
             _check(getattr(self, name) >= 0, f"train.{name}", "zero or a positive integer", getattr(self, name))
         _check(self.lr > 0, "train.lr", "a positive number", self.lr)
         _check(0 <= self.min_lr <= self.lr, "train.min_lr", f"a number between 0 and train.lr={self.lr}", self.min_lr)
@@ -162,6 +188,7 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
     data: DataConfig = field(default_factory=DataConfig)
+    classify: ClassifyConfig = field(default_factory=ClassifyConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     log: LogConfig = field(default_factory=LogConfig)
 

@@ -127,6 +127,45 @@ class MaskedLM(nn.Module):
         return out
 
 
+class Classifier(nn.Module):
+    """Sequence classification. BERT: pooled [CLS] -> dropout -> linear. GPT (GPT-1 style): the hidden state
+    of the last real token -> dropout -> linear, with positions counted from the first real token so that
+    left and right padding give the same result.
+    """
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.transformer = Transformer(cfg)
+        self.pooler = None if cfg.causal else Pooler(cfg)
+        self.drop = nn.Dropout(cfg.classifier_dropout)
+        self.head = nn.Linear(cfg.n_embd, cfg.num_labels)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                segment_ids: torch.Tensor | None = None, labels: torch.Tensor | None = None) -> TaskOutput:
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        if self.cfg.causal:
+            position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)  # (B, T): 0 at the first real token
+            h = self.transformer(input_ids, attention_mask=attention_mask, position_ids=position_ids)  # (B, T, C)
+            T = input_ids.size(1)
+            last = T - 1 - attention_mask.long().flip(-1).argmax(-1)  # (B,) index of the last real token
+            pooled = h[torch.arange(h.size(0), device=h.device), last]  # (B, C)
+        else:
+            pooled = self.pooler(self.transformer(input_ids, segment_ids, attention_mask))  # (B, C)
+        logits = self.head(self.drop(pooled))  # (B, num_labels)
+        if labels is None:
+            return TaskOutput(logits)
+        per_example = F.cross_entropy(logits.float(), labels, reduction="none")  # (B,)
+        out = TaskOutput(logits, per_example.mean())
+        if not self.training:
+            ones = torch.ones_like(per_example)
+            out.metrics = {"loss": per_example, "loss_n": ones, "preds": logits.argmax(-1), "targets": labels}
+        return out
+
+
 def build_model(cfg: ModelConfig) -> nn.Module:
-    """The task model a model config describes: causal -> GPT, bidirectional -> BERT pretraining."""
+    """The task model a model config describes: a classifier when it has labels, else GPT or BERT pretraining."""
+    if cfg.num_labels:
+        return Classifier(cfg)
     return CausalLM(cfg) if cfg.causal else MaskedLM(cfg)

@@ -8,6 +8,7 @@ import shutil
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 from accelerate import Accelerator
 from accelerate.utils import DataLoaderConfiguration, GradientAccumulationPlugin, set_seed
@@ -16,6 +17,7 @@ from tqdm.auto import tqdm
 from minilm import checkpoint as ckpt
 from minilm.config import Config
 from minilm.errors import CheckpointError, ConfigError
+from minilm.metrics import classification_metrics, confusion, format_confusion
 from minilm.model import count_params
 from minilm.optim import lr_at, make_optimizer
 from minilm.report import MetricsLog, device_peak_flops, flops_per_token, peak_memory_mb, plot_losses
@@ -30,25 +32,60 @@ def _mixed_precision(choice: str) -> str:
 
 
 @torch.no_grad()
-def evaluate(model: torch.nn.Module, loader, accelerator: Accelerator, max_batches: int = 0) -> dict[str, float]:
-    """Metrics over the validation loader: each head reports per-example sums `k` and counts `k_n`."""
+@torch.no_grad()
+def evaluate(model: torch.nn.Module, loader, accelerator: Accelerator,
+             max_batches: int = 0) -> tuple[dict[str, float], np.ndarray | None]:
+    """Validation metrics, and a confusion matrix for classifiers.
+
+    Each head reports per-example sums `k` with counts `k_n` (averaged here), or, for classifiers,
+    per-example `preds` and `targets` (turned into accuracy, F1, macro-F1 and MCC).
+    """
     model.eval()
     totals: dict[str, float] = {}
+    labelled: dict[str, list[torch.Tensor]] = {"preds": [], "targets": []}
     for i, batch in enumerate(loader):
         if max_batches and i >= max_batches:
             break
-        out = model(**batch)
-        for k, v in out.metrics.items():
-            totals[k] = totals.get(k, 0.0) + accelerator.gather_for_metrics(v.detach().float()).sum().item()
+        for k, v in model(**batch).metrics.items():
+            v = accelerator.gather_for_metrics(v.detach())  # drops the samples repeated to even out processes
+            if k in labelled:
+                labelled[k].append(v.cpu())
+            else:
+                totals[k] = totals.get(k, 0.0) + v.float().sum().item()
     model.train()
     result = {k: totals[k] / max(totals[k + "_n"], 1.0) for k in totals if not k.endswith("_n")}
-    if "loss" in result:
+    matrix = None
+    if labelled["preds"]:
+        preds, targets = torch.cat(labelled["preds"]).numpy(), torch.cat(labelled["targets"]).numpy()
+        n = accelerator.unwrap_model(model).cfg.num_labels
+        result.update(classification_metrics(preds, targets, n))
+        matrix = confusion(preds, targets, n)
+    elif "loss" in result:
         result["ppl"] = math.exp(min(result["loss"], 50.0))
-    return {f"val_{k}": v for k, v in result.items()}
+    return {f"val_{k}": v for k, v in result.items()}, matrix
 
 
-def _save(accelerator: Accelerator, model: torch.nn.Module, out_dir: Path, progress: dict) -> None:
-    """Weights for sample/export plus the full training state, each swapped in atomically."""
+def _improved(metric: str | None, result: dict[str, float], best: float | None) -> bool:
+    """Without a best_metric every evaluation counts as an improvement (the latest weights are kept)."""
+    if metric is None:
+        return True
+    if metric not in result:
+        raise ConfigError(f"train.best_metric={metric!r} is not reported; this run reports {', '.join(result)}")
+    lower_is_better = metric.endswith(("loss", "ppl"))
+    return best is None or (result[metric] < best if lower_is_better else result[metric] > best)
+
+
+def _load_init(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str | None) -> None:
+    """Pretrained weights into a (possibly different) task model: the stack must match; new heads start fresh."""
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    stack_missing = [k for k in missing if k.startswith("transformer.")]
+    if stack_missing or unexpected:
+        raise CheckpointError(f"model.init_from={source!r} does not fit this model (missing {stack_missing[:3]}, "
+                              f"unexpected {unexpected[:3]}): give a run or folder of the same architecture")
+
+
+def _save(accelerator: Accelerator, model: torch.nn.Module, out_dir: Path, progress: dict, weights: bool = True) -> None:
+    """Weights for sample/export (the latest, or the best so far) plus the full training state, each swapped in atomically."""
     accelerator.wait_for_everyone()
     tmp = out_dir / f"{ckpt.STATE_DIR}.tmp"
     if accelerator.is_main_process and tmp.exists():
@@ -57,7 +94,8 @@ def _save(accelerator: Accelerator, model: torch.nn.Module, out_dir: Path, progr
     accelerator.save_state(str(tmp))
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        ckpt.save_weights(accelerator.unwrap_model(model), out_dir / ckpt.MODEL_FILE)
+        if weights:
+            ckpt.save_weights(accelerator.unwrap_model(model), out_dir / ckpt.MODEL_FILE)
         ckpt.swap_in_state(out_dir, tmp, progress)
     accelerator.wait_for_everyone()
 
@@ -72,9 +110,11 @@ def train(cfg: Config) -> dict[str, float]:
         if cfg.model.init_from:  # the architecture came from init_from, not from the model section
             same = saved.model.init_from == cfg.model.init_from
         else:
-            same = saved.model == dataclasses.replace(cfg.model, vocab_size=saved.model.vocab_size)
+            same = saved.model == dataclasses.replace(cfg.model, vocab_size=saved.model.vocab_size,
+                                                      num_labels=saved.model.num_labels)
         if not same:
             raise ConfigError(f"the model section differs from the one saved in {str(out_dir)!r}: resume with the same config")
+        cfg = dataclasses.replace(cfg, classify=saved.classify)  # the same label ids
     if tc.threads:
         torch.set_num_threads(tc.threads)
     accum = GradientAccumulationPlugin(num_steps=tc.grad_accum, sync_with_dataloader=False)
@@ -91,11 +131,11 @@ def train(cfg: Config) -> dict[str, float]:
 
     with accelerator.main_process_first():  # the main process fills the datasets cache, the others read it
         task = prepare_task(cfg, out_dir / ckpt.TOKENIZER_FILE if tc.resume else None)
-    cfg = dataclasses.replace(cfg, model=task.model_cfg)
+    cfg = task.cfg
     set_seed(tc.seed)  # same initial weights whatever data preparation consumed
     model = build_model(cfg.model)
     if task.init_state is not None:
-        model.load_state_dict(task.init_state)
+        _load_init(model, task.init_state, cfg.model.init_from)
     created = False
     if main and not tc.resume:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -108,12 +148,16 @@ def train(cfg: Config) -> dict[str, float]:
     loader_kw = dict(batch_size=tc.batch_size, pin_memory=torch.cuda.is_available(), generator=torch.Generator())
     train_loader = torch.utils.data.DataLoader(task.train, collate_fn=task.collate, drop_last=True, **loader_kw)
     val_loader = torch.utils.data.DataLoader(task.val, collate_fn=task.val_collate, **loader_kw)
-    if len(train_loader) < 1:
-        raise ConfigError(f"train.batch_size={tc.batch_size} is larger than the {len(task.train)} training sequences: lower it")
+    if len(train_loader) < tc.grad_accum:
+        raise ConfigError(f"train.batch_size={tc.batch_size} x train.grad_accum={tc.grad_accum} is more than the "
+                          f"{len(task.train)} training examples: lower them")
+    if tc.epochs:  # whole passes over the data, evaluated after each
+        per_epoch = len(train_loader) // tc.grad_accum
+        tc = dataclasses.replace(tc, max_steps=tc.epochs * per_epoch, eval_interval=per_epoch)
     optimizer = make_optimizer(model, tc, fused=torch.cuda.is_available())
     model, optimizer, train_loader, val_loader = accelerator.prepare(model, optimizer, train_loader, val_loader)
 
-    progress = {"step": 0, "epoch": 0, "micro_batches": 0, "best": None}
+    progress = {"step": 0, "epoch": 0, "micro_batches": 0, "best": None, "since_best": 0}
     if tc.resume:
         state = ckpt.state_dir(out_dir)
         progress = ckpt.read_progress(state)
@@ -135,6 +179,7 @@ def train(cfg: Config) -> dict[str, float]:
     loss_sum = torch.zeros((), device=accelerator.device)  # summed on device: no host sync per step
     loss_count, t_last, step_last = 0, time.perf_counter(), step
     result: dict[str, float] = {}
+    matrix = None
     try:
         while step < tc.max_steps:
             task.train.set_epoch(epoch)
@@ -171,14 +216,20 @@ def train(cfg: Config) -> dict[str, float]:
                     loss_count, t_last, step_last = 0, time.perf_counter(), step
                 if step % tc.eval_interval == 0 or step == tc.max_steps:
                     last = step == tc.max_steps
-                    result = evaluate(model, val_loader, accelerator, 0 if last else tc.eval_batches)
+                    result, matrix = evaluate(model, val_loader, accelerator, 0 if last else tc.eval_batches)
                     log.write({"split": "val", "step": step, **result})
                     accelerator.log(result, step=step)
                     bar.write(f"step {step}: " + ", ".join(f"{k} {v:.4f}" for k, v in result.items()))
-                    progress = {"step": step, "epoch": micro // len(train_loader), "micro_batches": micro, "best": None}
-                    _save(accelerator, model, out_dir, progress)
+                    improved = _improved(tc.best_metric, result, progress["best"])
+                    progress = {"step": step, "epoch": micro // len(train_loader), "micro_batches": micro,
+                                "best": result[tc.best_metric] if improved else progress["best"],
+                                "since_best": 0 if improved else progress["since_best"] + 1}
+                    _save(accelerator, model, out_dir, progress, weights=improved)
                     created = False  # the run directory now holds a checkpoint worth keeping
                     t_last = time.perf_counter()  # evaluation and saving are not training throughput
+                    if tc.early_stopping and progress["since_best"] >= tc.early_stopping:
+                        accelerator.print(f"early stop: {tc.best_metric} has not improved in {tc.early_stopping} evaluations")
+                        step = tc.max_steps
                 if step >= tc.max_steps:
                     break
             epoch, skip = epoch + 1, 0
@@ -190,6 +241,8 @@ def train(cfg: Config) -> dict[str, float]:
         bar.close()
     if main:
         plot_losses(log.read(), out_dir / "loss.png")
+        if matrix is not None:
+            bar.write("confusion matrix (last evaluation):\n" + format_confusion(matrix, cfg.classify.labels))
     mem = peak_memory_mb()
     accelerator.print(f"done: {step} steps | peak memory {mem:,.0f} MiB | run directory {out_dir}")
     accelerator.end_training()

@@ -52,11 +52,32 @@ def read_metrics(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
+def _command(args: tuple[str, ...], module: bool) -> list[str]:
+    return [sys.executable, "-m", "minilm.cli", *args] if module else [sys.executable, *args]
+
+
+def _env() -> dict:
+    return {**os.environ, "PYTHONPATH": str(ROOT)}
+
+
 def run_cli(*args: str, cwd: Path = ROOT, module: bool = True, timeout: float = 300) -> subprocess.CompletedProcess:
     """`python -m minilm.cli ARGS` (or `python ARGS` with module=False) in a subprocess, offline."""
-    cmd = [sys.executable, "-m", "minilm.cli", *args] if module else [sys.executable, *args]
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(_command(args, module), cwd=cwd, env=_env(), capture_output=True, text=True, timeout=timeout)
+
+
+def run_cli_many(commands: list[tuple[str, ...]], module: bool = True, timeout: float = 300) -> list[subprocess.CompletedProcess]:
+    """Several CLI invocations at once (most of their time is importing torch), results in order."""
+    procs = [subprocess.Popen(_command(args, module), cwd=ROOT, env=_env(), stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for args in commands]
+    results = []
+    for args, proc in zip(commands, procs):
+        try:
+            out, err = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out, err = proc.communicate()
+        results.append(subprocess.CompletedProcess(_command(args, module), proc.returncode, out, err))
+    return results
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,41 @@
+"""Classification metrics from predicted and true label ids: accuracy, F1, macro-F1, Matthews correlation."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+
+def confusion(preds: np.ndarray, targets: np.ndarray, n: int) -> np.ndarray:
+    """(n, n) counts: row = true label, column = predicted label."""
+    m = np.zeros((n, n), dtype=np.int64)
+    np.add.at(m, (targets.astype(int), preds.astype(int)), 1)
+    return m
+
+
+def _f1(tp: float, fp: float, fn: float) -> float:
+    return 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 0.0
+
+
+def classification_metrics(preds: np.ndarray, targets: np.ndarray, n: int) -> dict[str, float]:
+    m = confusion(preds, targets, n).astype(np.float64)
+    tp = np.diag(m)
+    fp, fn = m.sum(0) - tp, m.sum(1) - tp
+    total = m.sum()
+    out = {"accuracy": tp.sum() / total if total else 0.0,
+           "macro_f1": float(np.mean([_f1(tp[i], fp[i], fn[i]) for i in range(n)]))}
+    if n == 2:  # F1 of the positive class (label id 1), as GLUE reports for MRPC
+        out["f1"] = _f1(tp[1], fp[1], fn[1])
+    # Matthews correlation, multi-class form (Gorodkin 2004); equals the binary MCC for two classes
+    t, p = m.sum(1), m.sum(0)
+    denom = math.sqrt((total**2 - (p**2).sum()) * (total**2 - (t**2).sum()))
+    out["mcc"] = float((tp.sum() * total - (t * p).sum()) / denom) if denom else 0.0
+    return {k: float(v) for k, v in out.items()}
+
+
+def format_confusion(m: np.ndarray, labels: list[str]) -> str:
+    width = max(8, *(len(x) + 1 for x in labels))
+    head = "true \\ pred".ljust(width) + "".join(x[:width - 1].rjust(width) for x in labels)
+    rows = [labels[i][:width - 1].ljust(width) + "".join(str(v).rjust(width) for v in row) for i, row in enumerate(m)]
+    return "\n".join([head, *rows])

@@ -1,0 +1,368 @@
+"""The training loop end to end on tiny Shakespeare: learning, the run directory, exact resume, refusals."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import minilm.train as train_mod
+from conftest import TINY_YAML, read_metrics, run_cli_many, tiny_overrides
+from minilm.checkpoint import load_run
+from minilm.config import TrainConfig, load_config
+from minilm.errors import CheckpointError, ConfigError, DataError
+from minilm.optim import lr_at, make_optimizer
+from minilm.tasks import prepare_task
+from minilm.train import train
+
+
+def snapshot(path: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}
+
+
+def train_losses(run_dir: Path) -> dict[int, float]:
+    return {r["step"]: r["loss"] for r in read_metrics(run_dir) if r["split"] == "train"}
+
+
+def assert_same_weights(a: Path, b: Path) -> None:
+    wa, wb = load_file(str(a / "model.safetensors")), load_file(str(b / "model.safetensors"))
+    assert wa.keys() == wb.keys()
+    for k in wa:
+        assert torch.equal(wa[k], wb[k]), k
+
+
+# ---------------------------------------------------------------------------------------------
+# a short run learns and leaves a complete run directory
+
+
+def test_short_run_loss_falls(trained_run):
+    records = read_metrics(trained_run.run_dir)
+    train_recs = [r for r in records if r["split"] == "train"]
+    val_recs = [r for r in records if r["split"] == "val"]
+    uniform = math.log(trained_run.vocab_size)
+    assert 40 <= trained_run.vocab_size <= 80  # a character vocabulary
+    final = trained_run.result["val_loss"]
+    assert math.isfinite(final)
+    assert final < uniform - 1.2, (final, uniform)  # clearly learned (about 2.5 vs ln(V) = 4.1 here)
+    assert train_recs[0]["loss"] > final + 0.5  # the first logged training loss was much higher
+    assert [r["step"] for r in val_recs] == [50, 100, 150]
+    assert val_recs[-1]["val_loss"] == pytest.approx(final)
+    assert val_recs[-1]["val_loss"] < val_recs[0]["val_loss"]
+    assert trained_run.result["val_ppl"] == pytest.approx(math.exp(final))
+    assert [r["step"] for r in train_recs] == list(range(10, 151, 10))
+    for r in train_recs:
+        assert r["lr"] > 0 and r["tokens_per_s"] > 0 and math.isfinite(r["loss"])
+
+
+def test_run_directory_contents(trained_run):
+    run = trained_run.run_dir
+    for name in ("model.safetensors", "config.json", "tokenizer.json", "state/progress.json", "metrics.jsonl", "loss.png"):
+        assert (run / name).is_file(), name
+    assert (run / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not (run / "state.tmp").exists() and not (run / "state.old").exists()
+    progress = json.loads((run / "state" / "progress.json").read_text())
+    assert progress["step"] == 150
+    saved = json.loads((run / "config.json").read_text())
+    assert saved["model"]["vocab_size"] == trained_run.vocab_size > 0
+    assert saved["model"]["n_embd"] == 64 and saved["train"]["max_steps"] == 150
+    tok = json.loads((run / "tokenizer.json").read_text())
+    assert len(tok["model"]["vocab"]) == trained_run.vocab_size
+
+
+def test_saved_model_reproduces_final_val_loss(trained_run):
+    cfg, model, tok = load_run(trained_run.run_dir)
+    assert not model.training
+    assert tok.get_vocab_size() == cfg.model.vocab_size
+    task = prepare_task(cfg, trained_run.run_dir / "tokenizer.json")
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for i in range(0, len(task.val), 64):
+            items = [task.val[j] for j in range(i, min(i + 64, len(task.val)))]
+            x = torch.stack([it["input_ids"] for it in items])
+            y = torch.stack([it["labels"] for it in items])
+            total += torch.nn.functional.cross_entropy(model(x).logits.flatten(0, 1), y.flatten(), reduction="sum").item()
+            count += y.numel()
+    assert total / count == pytest.approx(trained_run.result["val_loss"], abs=1e-4)
+
+
+@pytest.mark.parametrize("norm", ["pre", "post"])
+def test_pre_and_post_ln_train(make_cfg, tmp_path, norm):
+    cfg = make_cfg(f"model.norm={norm}", "train.max_steps=100", "train.eval_interval=100", "log.log_interval=5")
+    result = train(cfg)
+    records = read_metrics(tmp_path / "run")
+    vocab = json.loads((tmp_path / "run" / "config.json").read_text())["model"]["vocab_size"]
+    assert records[0]["loss"] > result["val_loss"] + 0.5
+    assert result["val_loss"] < math.log(vocab) - 1.0
+
+
+# ---------------------------------------------------------------------------------------------
+# exact resume
+
+RESUME = ("model.dropout=0.1", "train.max_steps=12", "train.eval_interval=4", "log.log_interval=1",
+          "train.warmup_steps=3", "train.min_lr=1e-4")
+
+EPOCH_BUG = ("accelerate's DataLoaderShard calls dataset.set_epoch(its own iteration counter) on every __iter__, "
+             "and the loader made by skip_first_batches starts that counter at 0: a run resumed after the first "
+             "epoch replays epoch 0's block order (fix: train_loader.set_epoch(epoch) in minilm/train.py)")
+
+# 60k characters give about 105 batches per epoch (a dozen steps stay in epoch 0); 4k characters give
+# six, so the resumed steps 9..12 start mid-epoch 1 and the checkpoint's epoch counter matters.
+DATA_SIZES = [
+    pytest.param("one_epoch", id="within-epoch"),
+    pytest.param("epochs", id="across-epochs", marks=pytest.mark.xfail(reason=EPOCH_BUG, strict=True)),
+]
+
+
+@pytest.fixture
+def resume_data(request, shakespeare_file, small_shakespeare_file):
+    return shakespeare_file if request.param == "one_epoch" else small_shakespeare_file
+
+
+@pytest.mark.parametrize("resume_data", DATA_SIZES, indirect=True)
+def test_resume_after_interruption_is_exact(resume_data, tmp_path, monkeypatch):
+    """A run stopped right after its step-8 checkpoint and resumed equals one that never stopped
+
+    (dropout on, warmup then cosine decay, so the RNG, optimizer, schedule and data position must all resume).
+    """
+    def cfg(out, *extra):
+        return load_config(None, tiny_overrides(resume_data, tmp_path / out, *RESUME, *extra))
+
+    train(cfg("a"))
+
+    class Stop(Exception):
+        pass
+
+    real_save = train_mod._save
+
+    def save_then_stop(accelerator, model, out_dir, progress, *args, **kwargs):
+        real_save(accelerator, model, out_dir, progress, *args, **kwargs)
+        if progress["step"] == 8:
+            raise Stop
+
+    monkeypatch.setattr(train_mod, "_save", save_then_stop)
+    with pytest.raises(Stop):
+        train(cfg("b"))
+    monkeypatch.setattr(train_mod, "_save", real_save)
+    assert json.loads((tmp_path / "b" / "state" / "progress.json").read_text())["step"] == 8
+    assert max(train_losses(tmp_path / "b")) == 8
+    train(cfg("b", "train.resume=true"))
+
+    a, b = train_losses(tmp_path / "a"), train_losses(tmp_path / "b")
+    assert sorted(a) == list(range(1, 13))
+    assert sorted(b) == list(range(1, 13))  # each step logged once: no repeats after the resume
+    for step in range(1, 13):
+        assert a[step] == b[step], step
+    val_a = [r for r in read_metrics(tmp_path / "a") if r["split"] == "val"]
+    val_b = [r for r in read_metrics(tmp_path / "b") if r["split"] == "val"]
+    assert val_a == val_b
+    assert_same_weights(tmp_path / "a", tmp_path / "b")
+    pa = json.loads((tmp_path / "a" / "state" / "progress.json").read_text())
+    pb = json.loads((tmp_path / "b" / "state" / "progress.json").read_text())
+    assert pa == pb and pa["step"] == 12
+
+
+@pytest.mark.parametrize("resume_data", DATA_SIZES, indirect=True)
+def test_resume_with_larger_max_steps_continues_exactly(resume_data, tmp_path):
+    """Train to max_steps=8, then resume with max_steps=12: equals a 12-step run when the schedule allows it.
+
+    The cosine schedule's horizon is train.max_steps (optim.lr_at), so extending a run changes the
+    learning rate from the resumed step on; with a constant rate after warmup (min_lr == lr) the
+    extended run must match a run planned for 12 steps exactly.
+    """
+    def cfg(out, *extra):
+        return load_config(None, tiny_overrides(resume_data, tmp_path / out, *RESUME, "train.lr=3e-3",
+                                                "train.min_lr=3e-3", *extra))
+
+    train(cfg("a"))
+    train(cfg("b", "train.max_steps=8"))
+    assert max(train_losses(tmp_path / "b")) == 8
+    train(cfg("b", "train.resume=true"))
+    a, b = train_losses(tmp_path / "a"), train_losses(tmp_path / "b")
+    assert sorted(b) == list(range(1, 13))
+    for step in range(1, 13):
+        assert a[step] == b[step], step
+    assert_same_weights(tmp_path / "a", tmp_path / "b")
+
+
+def test_lr_schedule_depends_on_max_steps():
+    tc = TrainConfig(lr=1e-3, min_lr=1e-4, warmup_steps=4, max_steps=12)
+    assert [lr_at(s, tc) for s in range(4)] == pytest.approx([2.5e-4, 5e-4, 7.5e-4, 1e-3])
+    assert lr_at(4, tc) == pytest.approx(1e-3)
+    assert lr_at(12, tc) == pytest.approx(1e-4)  # cosine reaches min_lr at max_steps
+    assert lr_at(8, tc) == pytest.approx(1e-4 + 0.5 * (1 + math.cos(math.pi * 0.5)) * 9e-4)
+    assert lr_at(100, tc) == pytest.approx(1e-4)  # and stays there
+    shorter = TrainConfig(lr=1e-3, min_lr=1e-4, warmup_steps=4, max_steps=8)
+    assert lr_at(6, shorter) != pytest.approx(lr_at(6, tc))  # the horizon is part of the schedule
+    assert lr_at(6, shorter, total_steps=12) == pytest.approx(lr_at(6, tc))
+    flat = TrainConfig(lr=1e-3, min_lr=1e-3, warmup_steps=0, max_steps=10)
+    assert {lr_at(s, flat) for s in range(12)} == {1e-3}
+
+
+def test_weight_decay_only_on_matrices():
+    from minilm.config import ModelConfig
+    from minilm.heads import CausalLM
+
+    model = CausalLM(ModelConfig(vocab_size=20, block_size=8, n_layer=1, n_head=2, n_embd=16))
+    opt = make_optimizer(model, TrainConfig(weight_decay=0.1), fused=False)
+    decay, no_decay = opt.param_groups
+    assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
+    assert all(p.dim() >= 2 for p in decay["params"]) and all(p.dim() < 2 for p in no_decay["params"])
+    assert len(decay["params"]) + len(no_decay["params"]) == len(list(model.parameters()))
+
+
+# ---------------------------------------------------------------------------------------------
+# refusals
+
+
+def test_new_run_into_non_empty_dir_is_refused_untouched(make_cfg, tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    (out / "model.safetensors").write_bytes(b"not really")
+    before = snapshot(out)
+    with pytest.raises(CheckpointError, match="not empty"):
+        train(make_cfg())
+    assert snapshot(out) == before
+
+
+def test_new_run_into_finished_run_is_refused_untouched(trained_run, make_cfg):
+    before = snapshot(trained_run.run_dir)
+    with pytest.raises(CheckpointError, match="resume"):
+        train(make_cfg(out_dir=trained_run.run_dir))
+    assert snapshot(trained_run.run_dir) == before
+
+
+def test_resume_without_state_is_refused(make_cfg, tmp_path, trained_run):
+    with pytest.raises(CheckpointError, match="no saved training state"):
+        train(make_cfg("train.resume=true", out_dir=tmp_path / "missing"))
+    assert not (tmp_path / "missing").exists()
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(CheckpointError, match="no saved training state"):
+        train(make_cfg("train.resume=true", out_dir=empty))
+    partial = tmp_path / "partial"  # a run directory whose training state was never written
+    partial.mkdir()
+    shutil.copy(trained_run.run_dir / "config.json", partial / "config.json")
+    with pytest.raises(CheckpointError):
+        train(make_cfg("train.resume=true", out_dir=partial))
+    assert sorted(p.name for p in partial.iterdir()) == ["config.json"]
+
+
+def test_resume_with_a_different_model_is_refused(trained_run, make_cfg, tmp_path):
+    run = tmp_path / "copy"
+    shutil.copytree(trained_run.run_dir, run)
+    before = snapshot(run)
+    with pytest.raises(ConfigError, match="model section"):
+        train(make_cfg("model.n_embd=32", "train.resume=true", "train.max_steps=160", out_dir=run))
+    assert snapshot(run) == before
+
+
+def test_too_little_data_fails_cleanly(tmp_path):
+    f = tmp_path / "short.txt"
+    f.write_text("To be or not to be.\n")
+    cfg = load_config(None, tiny_overrides(f, tmp_path / "run"))
+    with pytest.raises(DataError, match="block"):
+        train(cfg)
+    assert not (tmp_path / "run").exists()  # a failed new run leaves nothing behind
+
+
+@pytest.mark.xfail(strict=True, reason="train() creates out_dir (config.json, tokenizer.json) before the batch-size "
+                   "check, outside the try that removes a failed new run: the retry then hits 'not empty'")
+def test_batch_larger_than_data_fails_cleanly(tmp_path, shakespeare_text):
+    f = tmp_path / "small.txt"
+    f.write_text(shakespeare_text[:2000])
+    cfg = load_config(None, tiny_overrides(f, tmp_path / "run", "train.batch_size=512"))
+    with pytest.raises(ConfigError, match="batch_size"):
+        train(cfg)
+    assert not (tmp_path / "run").exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# the command line (subprocesses)
+
+
+def test_cli_train_and_train_py_entry_point(shakespeare_file, tmp_path):
+    common = (f"data.train_files=[{shakespeare_file}]", "model.n_layer=1", "model.n_embd=32", "model.block_size=32",
+              "train.max_steps=4", "train.batch_size=8", "train.eval_interval=2", "train.warmup_steps=1",
+              "train.eval_batches=2", "log.log_interval=1")
+    via_cli, via_script = run_cli_many([
+        ("train", str(TINY_YAML), f"train.out_dir={tmp_path / 'cli'}", *common),
+        ("train.py", str(TINY_YAML), f"train.out_dir={tmp_path / 'script'}", *common),
+    ])
+    for name, proc in (("cli", via_cli), ("script", via_script)):
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert "Traceback" not in proc.stderr
+        run = tmp_path / name
+        for f in ("model.safetensors", "config.json", "tokenizer.json", "state/progress.json", "metrics.jsonl", "loss.png"):
+            assert (run / f).is_file(), (name, f)
+        saved = json.loads((run / "config.json").read_text())
+        assert saved["model"]["preset"] == "gpt-tiny"  # from the YAML file ...
+        assert saved["model"]["n_layer"] == 1 and saved["model"]["n_head"] == 2  # ... under the overrides
+        assert saved["train"]["max_steps"] == 4
+        assert json.loads((run / "state" / "progress.json").read_text())["step"] == 4
+        assert [r["step"] for r in read_metrics(run) if r["split"] == "val"] == [2, 4]
+    # the same config and seed give the same run either way
+    assert_same_weights(tmp_path / "cli", tmp_path / "script")
+
+
+def test_cli_train_errors_are_one_line(tmp_path, shakespeare_file, capsys):
+    """User mistakes exit 2 with one `minilm: error:` line (in-process: the same main() the script runs)."""
+    from minilm.cli import main
+
+    (tmp_path / "keep.txt").write_text("x")
+    cases = [
+        (["train", str(tmp_path / "nope.yaml")], "nope.yaml"),
+        (["train", str(TINY_YAML), "model.n_layers=3"], "model.n_layers"),
+        (["train", str(TINY_YAML), "model.n_layer"], "model.n_layer"),
+        (["train", str(TINY_YAML), f"data.train_files={shakespeare_file}", f"train.out_dir={tmp_path}"], "not empty"),
+        (["train", str(TINY_YAML), f"data.train_files={tmp_path / 'none.txt'}", f"train.out_dir={tmp_path / 'r'}"],
+         "none.txt"),
+    ]
+    for argv, needle in cases:
+        capsys.readouterr()
+        assert main(argv) == 2, argv
+        out, err = capsys.readouterr()
+        lines = err.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("minilm: error: ") and needle in lines[0], (argv, err)
+        assert "Traceback" not in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["keep.txt"]  # nothing was created or touched
+    with pytest.raises(ConfigError):  # --debug shows the exception itself
+        main(["--debug", "train", str(TINY_YAML), "model.n_layers=3"])
+
+
+def test_cli_sample(trained_run):
+    args = ("sample", str(trained_run.run_dir), "--prompt", "ROMEO:", "--max-new-tokens", "20", "--seed", "1")
+    cached, uncached, greedy = run_cli_many([args, (*args, "--no-cache"), (*args, "--greedy", "--top-k", "5")])
+    for proc in (cached, uncached, greedy):
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert "Traceback" not in proc.stderr
+        assert proc.stdout.startswith("ROMEO:")
+        new = proc.stdout[len("ROMEO:"):].rstrip("\n")
+        assert 0 < len(new) <= 20  # one character per token, at most 20 (an end-of-text token ends early)
+    assert cached.stdout == uncached.stdout  # the KV cache changes nothing
+    assert len(set(cached.stdout[6:])) > 3  # a trained model writes varied text
+
+
+def test_cli_sample_usage_errors(trained_run):
+    run = str(trained_run.run_dir)
+    cases = {
+        "--top-k": ("--top-k", "0"),
+        "--temperature": ("--temperature", "-1"),
+        "--max-new-tokens": ("--max-new-tokens", "-1"),
+        "never saw": ("--prompt", "ROMEO: \u65e5\u672c"),
+        "--top-p": ("--top-p", "1.5"),
+    }
+    results = run_cli_many([*[("sample", run, "--prompt", "ROMEO:", *extra) for extra in cases.values()],
+                            ("sample", str(trained_run.run_dir.parent / "no-such-run"))])
+    for needle, proc in zip([*cases, "no-such-run"], results):
+        assert proc.returncode == 2, (needle, proc.returncode, proc.stderr[-2000:])
+        assert "Traceback" not in proc.stderr, needle
+        lines = proc.stderr.strip().splitlines()
+        assert len(lines) == 1, (needle, proc.stderr)
+        assert lines[0].startswith("minilm: error: ") and needle in lines[0], (needle, lines[0])
+        assert proc.stdout == "", needle  # nothing was generated
