@@ -102,7 +102,7 @@ class MaskedLM(nn.Module):
         emb = self.transformer.tok_emb.weight
         if labels is None or dense:
             logits = self.mlm(h, emb)  # (B, T, vocab)
-            out = TaskOutput(logits)
+            out = TaskOutput(logits, aux_logits=nsp_logits)
             if labels is None:
                 return out
             out.loss = F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=IGNORE)

@@ -222,7 +222,7 @@ def train(cfg: Config) -> dict[str, float]:
                     bar.write(f"step {step}: " + ", ".join(f"{k} {v:.4f}" for k, v in result.items()))
                     improved = _improved(tc.best_metric, result, progress["best"])
                     progress = {"step": step, "epoch": micro // len(train_loader), "micro_batches": micro,
-                                "best": result[tc.best_metric] if improved else progress["best"],
+                                "best": result[tc.best_metric] if improved and tc.best_metric else progress["best"],
                                 "since_best": 0 if improved else progress["since_best"] + 1}
                     _save(accelerator, model, out_dir, progress, weights=improved)
                     created = False  # the run directory now holds a checkpoint worth keeping

@@ -53,7 +53,8 @@ def read_metrics(run_dir: Path) -> list[dict]:
 
 
 def _command(args: tuple[str, ...], module: bool) -> list[str]:
-    return [sys.executable, "-m", "minilm.cli", *args] if module else [sys.executable, *args]
+    """`python -m minilm.cli ARGS`, or `python SCRIPT.py ARGS` when the first argument is a script."""
+    return [sys.executable, "-m", "minilm.cli", *args] if module and not args[0].endswith(".py") else [sys.executable, *args]
 
 
 def _env() -> dict:
@@ -61,7 +62,7 @@ def _env() -> dict:
 
 
 def run_cli(*args: str, cwd: Path = ROOT, module: bool = True, timeout: float = 300) -> subprocess.CompletedProcess:
-    """`python -m minilm.cli ARGS` (or `python ARGS` with module=False) in a subprocess, offline."""
+    """`python -m minilm.cli ARGS` (or `python ARGS` with module=False or a .py first) in a subprocess, offline."""
     return subprocess.run(_command(args, module), cwd=cwd, env=_env(), capture_output=True, text=True, timeout=timeout)
 
 

@@ -167,15 +167,15 @@ def test_export_refuses_post_ln(tmp_path: Path) -> None:
     assert not (tmp_path / "hf").exists()
 
 
-def test_export_refuses_bidirectional(tmp_path: Path) -> None:
-    cfg = config_from_dict({"model": {**TINY, "vocab_size": 50, "causal": False, "norm": "post",
-                                      "embedding_norm": True, "type_vocab_size": 2},
+def test_export_refuses_pre_ln_bidirectional(tmp_path: Path) -> None:
+    cfg = config_from_dict({"model": {**TINY, "vocab_size": 50, "causal": False, "norm": "pre", "type_vocab_size": 2},
                             "tokenizer": {"kind": "wordpiece"}, "data": {"train_files": ["unused.txt"]}})
     run = tmp_path / "bert"
     run.mkdir()
     save_config_json(cfg, run / "config.json")
-    with pytest.raises(CheckpointError, match="BERT"):
+    with pytest.raises(CheckpointError, match="BERT is post-LN"):
         hf.export_hf(run, tmp_path / "hf")
+    assert not (tmp_path / "hf").exists()
 
 
 def test_export_never_overwrites(tmp_path: Path) -> None:

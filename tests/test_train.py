@@ -337,8 +337,8 @@ def test_cli_train_errors_are_one_line(tmp_path, shakespeare_file, capsys):
 
 def test_cli_sample(trained_run):
     args = ("sample", str(trained_run.run_dir), "--prompt", "ROMEO:", "--max-new-tokens", "20", "--seed", "1")
-    cached, uncached, greedy = run_cli_many([args, (*args, "--no-cache"), (*args, "--greedy", "--top-k", "5")])
-    for proc in (cached, uncached, greedy):
+    cached, uncached = run_cli_many([args, (*args, "--no-cache")])
+    for proc in (cached, uncached):
         assert proc.returncode == 0, proc.stderr[-3000:]
         assert "Traceback" not in proc.stderr
         assert proc.stdout.startswith("ROMEO:")
@@ -355,14 +355,38 @@ def test_cli_sample_usage_errors(trained_run):
         "--temperature": ("--temperature", "-1"),
         "--max-new-tokens": ("--max-new-tokens", "-1"),
         "never saw": ("--prompt", "ROMEO: \u65e5\u672c"),
-        "--top-p": ("--top-p", "1.5"),
     }
-    results = run_cli_many([*[("sample", run, "--prompt", "ROMEO:", *extra) for extra in cases.values()],
-                            ("sample", str(trained_run.run_dir.parent / "no-such-run"))])
-    for needle, proc in zip([*cases, "no-such-run"], results):
+    results = run_cli_many([("sample", run, "--prompt", "ROMEO:", *extra) for extra in cases.values()])
+    for needle, proc in zip(cases, results):
         assert proc.returncode == 2, (needle, proc.returncode, proc.stderr[-2000:])
         assert "Traceback" not in proc.stderr, needle
         lines = proc.stderr.strip().splitlines()
         assert len(lines) == 1, (needle, proc.stderr)
         assert lines[0].startswith("minilm: error: ") and needle in lines[0], (needle, lines[0])
         assert proc.stdout == "", needle  # nothing was generated
+
+
+def test_cli_sample_in_process(trained_run, capsys):
+    """More sample options through main() itself (no interpreter start-up per case)."""
+    from minilm.cli import main
+
+    run = str(trained_run.run_dir)
+    for argv, needle in [
+        (["sample", run, "--top-p", "1.5"], "--top-p"),
+        (["sample", run, "--top-k", str(trained_run.vocab_size + 1)], "--top-k"),
+        (["sample", run, "--num-samples", "0"], "--num-samples"),
+        (["sample", str(trained_run.run_dir.parent / "no-such-run")], "no-such-run"),
+    ]:
+        capsys.readouterr()
+        assert main(argv) == 2, argv
+        out, err = capsys.readouterr()
+        assert out == "" and len(err.strip().splitlines()) == 1 and needle in err, (argv, err)
+    # greedy decoding is deterministic whatever the seed; an empty prompt starts a new document
+    outs = []
+    for seed in ("1", "2"):
+        assert main(["sample", run, "--prompt", "KING", "--greedy", "--max-new-tokens", "15", "--seed", seed]) == 0
+        outs.append(capsys.readouterr().out)
+    assert outs[0] == outs[1] and outs[0].startswith("KING") and len(outs[0].rstrip("\n")) > 4
+    assert main(["sample", run, "--max-new-tokens", "10", "--num-samples", "2", "--top-k", "5", "--top-p", "0.9"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("--- sample") == 2

@@ -72,6 +72,9 @@ def nsp_pairs(docs: list[list[list[int]]], max_len: int, short_seq_prob: float, 
             chunk.append(doc[i])
             length += len(doc[i])
             if i == len(doc) - 1 or length >= target:
+                if len(chunk) == 1 and len(chunk[0]) >= 2:  # one long sentence: split it so B can be its real next
+                    cut = rng.randint(1, len(chunk[0]) - 1)
+                    chunk = [chunk[0][:cut], chunk[0][cut:]]
                 if chunk:
                     a_end = rng.randint(1, len(chunk) - 1) if len(chunk) >= 2 else 1
                     a = [t for s in chunk[:a_end] for t in s]
@@ -174,8 +177,12 @@ class MaskingCollator:
                 seg[i, : len(e["segment_ids"])] = torch.as_tensor(e["segment_ids"])
         attention = (ids != self.pad).long()
         if self.fixed:  # each example's draws depend on its own tokens only, not on the batch it is in
-            draws = [self._draws((1, T), torch.as_tensor(e["input_ids"])) for e in examples]
-            p_choose, roll, random_ids = (torch.cat(x) for x in zip(*draws))
+            p_choose, roll = torch.ones(len(examples), T), torch.ones(len(examples), T)
+            random_ids = torch.full((len(examples), T), self.pad, dtype=torch.long)
+            for i, e in enumerate(examples):
+                n = len(e["input_ids"])  # draw for the example's own length: padding never shifts the stream
+                c, r, x = self._draws((1, n), torch.as_tensor(e["input_ids"]))
+                p_choose[i, :n], roll[i, :n], random_ids[i, :n] = c[0], r[0], x[0]
         else:
             p_choose, roll, random_ids = self._draws(tuple(ids.shape))
         candidates = attention.bool() & ~torch.isin(ids, self.special)
