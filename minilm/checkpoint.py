@@ -117,7 +117,8 @@ def read_tokenizer(run_dir: Path, vocab_size: int) -> Tokenizer:
 def check_run_dir(out_dir: Path, resume: bool) -> None:
     """A new run never reuses a directory that holds a run; resume needs one."""
     has_run = (out_dir / CONFIG_FILE).exists()
-    if resume and not (has_run and (out_dir / STATE_DIR / PROGRESS_FILE).exists() or (out_dir / f"{STATE_DIR}.old").exists()):
+    has_state = (out_dir / STATE_DIR / PROGRESS_FILE).exists() or (out_dir / f"{STATE_DIR}.old" / PROGRESS_FILE).exists()
+    if resume and not (has_run and has_state):
         raise CheckpointError(f"train.resume=true but {str(out_dir)!r} holds no saved training state: start without resume")
     if not resume and out_dir.exists() and any(out_dir.iterdir()):
         raise CheckpointError(

@@ -18,7 +18,7 @@ def filter_logits(logits: torch.Tensor, top_k: int | None = None, top_p: float |
     if top_p is not None and top_p < 1.0:
         sorted_logits, order = torch.sort(logits, descending=True, dim=-1)  # (B, V)
         probs = torch.softmax(sorted_logits, dim=-1)
-        drop = probs.cumsum(-1) - probs > top_p  # mass before this token already exceeds top_p; keeps the first
+        drop = probs.cumsum(-1) - probs >= top_p  # mass before this token already reaches top_p; keeps the first
         logits = logits.masked_fill(drop.scatter(-1, order, drop), float("-inf"))
     return logits
 

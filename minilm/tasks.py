@@ -65,9 +65,12 @@ def _with_vocab(cfg: Config, model_cfg: ModelConfig, tok: Tokenizer) -> Config:
     return dataclasses.replace(cfg, model=model_cfg)
 
 
-def prepare_task(cfg: Config, saved_tokenizer: Path | None = None) -> TaskData:
-    """Load the data, get the tokenizer, and build datasets and collators for cfg's task."""
-    src_cfg, state, src_tok = _source_model(cfg, weights=saved_tokenizer is None)
+def prepare_task(cfg: Config, saved_tokenizer: Path | None = None, init_weights: bool = True) -> TaskData:
+    """Load the data, get the tokenizer, and build datasets and collators for cfg's task.
+
+    saved_tokenizer: use this tokenizer.json (resume, or the one the main process trained) instead of training.
+    """
+    src_cfg, state, src_tok = _source_model(cfg, weights=init_weights)
     if cfg.train.task == "classify":
         return _prepare_classify(cfg, saved_tokenizer, src_cfg, state, src_tok)
     train_docs, val_docs = load_text_splits(cfg)

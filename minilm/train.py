@@ -129,60 +129,62 @@ def train(cfg: Config) -> dict[str, float]:
     set_seed(tc.seed)
     main = accelerator.is_main_process
 
-    with accelerator.main_process_first():  # the main process fills the datasets cache, the others read it
-        task = prepare_task(cfg, out_dir / ckpt.TOKENIZER_FILE if tc.resume else None)
-    cfg = task.cfg
-    set_seed(tc.seed)  # same initial weights whatever data preparation consumed
-    model = build_model(cfg.model)
-    if task.init_state is not None:
-        _load_init(model, task.init_state, cfg.model.init_from)
-    created = False
-    if main and not tc.resume:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        created = True
-        ckpt.write_text(out_dir / ckpt.CONFIG_FILE, _config_json(cfg))
-        task.tokenizer.save(str(out_dir / ckpt.TOKENIZER_FILE))
-    accelerator.wait_for_everyone()
-
-    # an own generator: creating an iterator never draws from the global RNG (which dropout and masking use)
-    loader_kw = dict(batch_size=tc.batch_size, pin_memory=torch.cuda.is_available(), generator=torch.Generator())
-    train_loader = torch.utils.data.DataLoader(task.train, collate_fn=task.collate, drop_last=True, **loader_kw)
-    val_loader = torch.utils.data.DataLoader(task.val, collate_fn=task.val_collate, **loader_kw)
-    if len(train_loader) < tc.grad_accum:
-        raise ConfigError(f"train.batch_size={tc.batch_size} x train.grad_accum={tc.grad_accum} is more than the "
-                          f"{len(task.train)} training examples: lower them")
-    if tc.epochs:  # whole passes over the data, evaluated after each
-        per_epoch = len(train_loader) // tc.grad_accum
-        tc = dataclasses.replace(tc, max_steps=tc.epochs * per_epoch, eval_interval=per_epoch)
-    optimizer = make_optimizer(model, tc, fused=torch.cuda.is_available())
-    model, optimizer, train_loader, val_loader = accelerator.prepare(model, optimizer, train_loader, val_loader)
-
-    progress = {"step": 0, "epoch": 0, "micro_batches": 0, "best": None, "since_best": 0}
-    if tc.resume:
-        state = ckpt.state_dir(out_dir)
-        progress = ckpt.read_progress(state)
-        accelerator.load_state(str(state))
-    n_params = count_params(accelerator.unwrap_model(model))
-    tokens_per_step = tc.batch_size * cfg.model.block_size * tc.grad_accum * accelerator.num_processes
-    peak, fpt = device_peak_flops(), flops_per_token(cfg.model, n_params)
-    log = MetricsLog(out_dir / "metrics.jsonl", main)
-    if cfg.log.wandb != "disabled":
-        accelerator.init_trackers(cfg.log.project, config=cfg.to_dict(), init_kwargs={
-            "wandb": {"mode": cfg.log.wandb, "name": cfg.log.run_name, "dir": str(out_dir)}})
-    accelerator.print(f"model: {n_params / 1e6:.2f}M parameters | {len(task.train)} training blocks | "
-                      f"{tokens_per_step} tokens per step | {accelerator.num_processes} process(es) on {accelerator.device}")
-
-    step, micro = progress["step"], progress["micro_batches"]
-    epoch, skip = divmod(micro, len(train_loader))
-    bar = tqdm(total=tc.max_steps, initial=step, disable=not main, dynamic_ncols=True, desc="train")
-    model.train()
-    loss_sum = torch.zeros((), device=accelerator.device)  # summed on device: no host sync per step
-    loss_count, t_last, step_last = 0, time.perf_counter(), step
-    result: dict[str, float] = {}
-    matrix = None
+    # The main process goes first: it trains the tokenizer (saved for the others: tokenizer training need
+    # not be deterministic across processes) and fills the datasets cache that the others then read.
+    created, bar = False, None
     try:
+        with accelerator.main_process_first():
+            saved_tok = out_dir / ckpt.TOKENIZER_FILE if tc.resume or not main else None
+            task = prepare_task(cfg, saved_tok, init_weights=not tc.resume)
+            if main and not tc.resume:
+                out_dir.mkdir(parents=True, exist_ok=True)
+                created = True
+                ckpt.write_text(out_dir / ckpt.CONFIG_FILE, _config_json(task.cfg))
+                task.tokenizer.save(str(out_dir / ckpt.TOKENIZER_FILE))
+        cfg = task.cfg
+        set_seed(tc.seed)  # same initial weights whatever data preparation consumed
+        model = build_model(cfg.model)
+        if task.init_state is not None:
+            _load_init(model, task.init_state, cfg.model.init_from)
+
+        # an own generator: creating an iterator never draws from the global RNG (which dropout and masking use)
+        loader_kw = dict(batch_size=tc.batch_size, pin_memory=torch.cuda.is_available(), generator=torch.Generator())
+        train_loader = torch.utils.data.DataLoader(task.train, collate_fn=task.collate, drop_last=True, **loader_kw)
+        val_loader = torch.utils.data.DataLoader(task.val, collate_fn=task.val_collate, **loader_kw)
+        if len(train_loader) < tc.grad_accum:
+            raise ConfigError(f"train.batch_size={tc.batch_size} x train.grad_accum={tc.grad_accum} is more than the "
+                              f"{len(task.train)} training examples: lower them")
+        if tc.epochs:  # whole passes over the data, evaluated after each
+            per_epoch = len(train_loader) // tc.grad_accum
+            tc = dataclasses.replace(tc, max_steps=tc.epochs * per_epoch, eval_interval=per_epoch)
+        optimizer = make_optimizer(model, tc, fused=torch.cuda.is_available())
+        model, optimizer, train_loader, val_loader = accelerator.prepare(model, optimizer, train_loader, val_loader)
+
+        progress = {"step": 0, "epoch": 0, "micro_batches": 0, "best": None, "since_best": 0}
+        if tc.resume:
+            state = ckpt.state_dir(out_dir)
+            progress = ckpt.read_progress(state)
+            accelerator.load_state(str(state))
+        n_params = count_params(accelerator.unwrap_model(model))
+        tokens_per_step = tc.batch_size * cfg.model.block_size * tc.grad_accum * accelerator.num_processes
+        peak, fpt = device_peak_flops(), flops_per_token(cfg.model, n_params)
+        log = MetricsLog(out_dir / "metrics.jsonl", main)
+        if cfg.log.wandb != "disabled":
+            accelerator.init_trackers(cfg.log.project, config=cfg.to_dict(), init_kwargs={
+                "wandb": {"mode": cfg.log.wandb, "name": cfg.log.run_name, "dir": str(out_dir)}})
+        accelerator.print(f"model: {n_params / 1e6:.2f}M parameters | {len(task.train)} training blocks | "
+                          f"{tokens_per_step} tokens per step | {accelerator.num_processes} process(es) on {accelerator.device}")
+
+        step, micro = progress["step"], progress["micro_batches"]
+        epoch, skip = divmod(micro, len(train_loader))
+        bar = tqdm(total=tc.max_steps, initial=step, disable=not main, dynamic_ncols=True, desc="train")
+        model.train()
+        loss_sum = torch.zeros((), device=accelerator.device)  # summed on device: no host sync per step
+        loss_count, t_last, step_last = 0, time.perf_counter(), step
+        result: dict[str, float] = {}
+        matrix = None
         while step < tc.max_steps:
-            task.train.set_epoch(epoch)
+            train_loader.set_epoch(epoch)  # accelerate passes it on to the dataset (and to skip loaders)
             batches = accelerator.skip_first_batches(train_loader, skip) if skip else train_loader
             for batch in batches:
                 with accelerator.accumulate(model):
@@ -238,7 +240,8 @@ def train(cfg: Config) -> dict[str, float]:
             shutil.rmtree(out_dir, ignore_errors=True)
         raise
     finally:
-        bar.close()
+        if bar is not None:
+            bar.close()
     if main:
         plot_losses(log.read(), out_dir / "loss.png")
         if matrix is not None:

@@ -173,8 +173,6 @@ def test_top_p_keeps_smallest_nucleus(top_p, kept):
     assert {int(perm[d]) for d in draws} == kept
 
 
-@pytest.mark.xfail(strict=True, reason="filter_logits keeps a token whose preceding mass equals top_p exactly "
-                                       "(uses `>` instead of `>=`), so the nucleus is not the smallest one")
 def test_top_p_exact_boundary_keeps_smallest_nucleus():
     probs = torch.tensor([[0.5, 0.25, 0.125, 0.125]])  # exact in binary floating point
     logits = probs.log()

@@ -92,12 +92,14 @@ def test_saved_model_reproduces_final_val_loss(trained_run):
 
 @pytest.mark.parametrize("norm", ["pre", "post"])
 def test_pre_and_post_ln_train(make_cfg, tmp_path, norm):
-    cfg = make_cfg(f"model.norm={norm}", "train.max_steps=100", "train.eval_interval=100", "log.log_interval=5")
+    # post-LN wants a gentler rate than the fixture's 1e-2 (it reaches about 3.3 there, 2.7 here)
+    cfg = make_cfg(f"model.norm={norm}", "model.n_embd=64", "train.max_steps=150", "train.eval_interval=150",
+                   "train.lr=3e-3", "train.min_lr=3e-4", "train.warmup_steps=10", "log.log_interval=5")
     result = train(cfg)
     records = read_metrics(tmp_path / "run")
     vocab = json.loads((tmp_path / "run" / "config.json").read_text())["model"]["vocab_size"]
     assert records[0]["loss"] > result["val_loss"] + 0.5
-    assert result["val_loss"] < math.log(vocab) - 1.0
+    assert result["val_loss"] < math.log(vocab) - 1.0  # about 2.4 (pre) and 2.7 (post) against ln(V) = 4.1
 
 
 # ---------------------------------------------------------------------------------------------
@@ -106,15 +108,11 @@ def test_pre_and_post_ln_train(make_cfg, tmp_path, norm):
 RESUME = ("model.dropout=0.1", "train.max_steps=12", "train.eval_interval=4", "log.log_interval=1",
           "train.warmup_steps=3", "train.min_lr=1e-4")
 
-EPOCH_BUG = ("accelerate's DataLoaderShard calls dataset.set_epoch(its own iteration counter) on every __iter__, "
-             "and the loader made by skip_first_batches starts that counter at 0: a run resumed after the first "
-             "epoch replays epoch 0's block order (fix: train_loader.set_epoch(epoch) in minilm/train.py)")
-
 # 60k characters give about 105 batches per epoch (a dozen steps stay in epoch 0); 4k characters give
 # six, so the resumed steps 9..12 start mid-epoch 1 and the checkpoint's epoch counter matters.
 DATA_SIZES = [
     pytest.param("one_epoch", id="within-epoch"),
-    pytest.param("epochs", id="across-epochs", marks=pytest.mark.xfail(reason=EPOCH_BUG, strict=True)),
+    pytest.param("epochs", id="across-epochs"),
 ]
 
 
@@ -271,8 +269,6 @@ def test_too_little_data_fails_cleanly(tmp_path):
     assert not (tmp_path / "run").exists()  # a failed new run leaves nothing behind
 
 
-@pytest.mark.xfail(strict=True, reason="train() creates out_dir (config.json, tokenizer.json) before the batch-size "
-                   "check, outside the try that removes a failed new run: the retry then hits 'not empty'")
 def test_batch_larger_than_data_fails_cleanly(tmp_path, shakespeare_text):
     f = tmp_path / "small.txt"
     f.write_text(shakespeare_text[:2000])
