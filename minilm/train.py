@@ -65,6 +65,12 @@ def evaluate(model: torch.nn.Module, loader, accelerator: Accelerator,
     return {f"val_{k}": v for k, v in result.items()}, matrix
 
 
+def tqdm_write(accelerator: Accelerator, text: str) -> None:
+    """Print above the progress bar, on the main process only."""
+    if accelerator.is_main_process:
+        tqdm.write(text)
+
+
 def _improved(metric: str | None, result: dict[str, float], best: float | None) -> bool:
     """Without a best_metric every evaluation counts as an improvement (the latest weights are kept)."""
     if metric is None:
@@ -221,7 +227,7 @@ def train(cfg: Config) -> dict[str, float]:
                     result, matrix = evaluate(model, val_loader, accelerator, 0 if last else tc.eval_batches)
                     log.write({"split": "val", "step": step, **result})
                     accelerator.log(result, step=step)
-                    bar.write(f"step {step}: " + ", ".join(f"{k} {v:.4f}" for k, v in result.items()))
+                    tqdm_write(accelerator, f"step {step}: " + ", ".join(f"{k} {v:.4f}" for k, v in result.items()))
                     improved = _improved(tc.best_metric, result, progress["best"])
                     progress = {"step": step, "epoch": micro // len(train_loader), "micro_batches": micro,
                                 "best": result[tc.best_metric] if improved and tc.best_metric else progress["best"],
@@ -245,7 +251,7 @@ def train(cfg: Config) -> dict[str, float]:
     if main:
         plot_losses(log.read(), out_dir / "loss.png")
         if matrix is not None:
-            bar.write("confusion matrix (last evaluation):\n" + format_confusion(matrix, cfg.classify.labels))
+            tqdm_write(accelerator, "confusion matrix (last evaluation):\n" + format_confusion(matrix, cfg.classify.labels))
     mem = peak_memory_mb()
     accelerator.print(f"done: {step} steps | peak memory {mem:,.0f} MiB | run directory {out_dir}")
     accelerator.end_training()

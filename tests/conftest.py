@@ -139,3 +139,26 @@ def trained_run(tmp_path_factory, shakespeare_file) -> TrainedRun:
 
 def uniform_loss(vocab_size: int) -> float:
     return math.log(vocab_size)
+
+
+def randomize(module, seed: int = 0) -> None:
+    """Non-trivial values everywhere (biases, LayerNorm gains) so a wrong weight mapping cannot hide behind 0s/1s."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in module.named_parameters():
+            is_gain = p.dim() == 1 and ("norm" in name.lower() or "ln_" in name) and name.endswith("weight")
+            p.copy_((1.0 if is_gain else 0.0) + 0.1 * torch.randn(p.shape, generator=g))
+
+
+def write_run(path: Path, cfg, net, tok) -> Path:
+    """A run directory as training leaves it: config.json, model.safetensors, tokenizer.json."""
+    from minilm.checkpoint import save_weights
+    from minilm.config import save_config_json
+
+    path.mkdir()
+    save_config_json(cfg, path / "config.json")
+    save_weights(net, path / "model.safetensors")
+    tok.save(str(path / "tokenizer.json"))
+    return path

@@ -19,12 +19,13 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import randomize, write_run
 import torch
 from safetensors.torch import load_file, save_file
 
 from minilm import hf
-from minilm.checkpoint import load_run, save_weights
-from minilm.config import config_from_dict, save_config_json
+from minilm.checkpoint import load_run
+from minilm.config import config_from_dict
 from minilm.data.mlm import MaskingCollator, PairDataset, nsp_pairs, split_sentences
 from minilm.errors import CheckpointError
 from minilm.heads import IGNORE, MaskedLM
@@ -53,15 +54,6 @@ def tok(text):
     return train_wordpiece([text], 400, lowercase=True)
 
 
-def _randomize(module: torch.nn.Module, seed: int = 0) -> None:
-    """Non-trivial values everywhere (biases, LayerNorm gains) so a wrong mapping cannot hide behind zeros/ones."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in module.named_parameters():
-            base = 1.0 if p.dim() == 1 and "norm" in name.lower() and name.endswith("weight") else 0.0
-            p.copy_(base + 0.1 * torch.randn(p.shape, generator=g))
-
-
 def _bert_cfg(vocab: int, **model):
     return config_from_dict({"model": {"preset": "bert-tiny", **TINY, "vocab_size": vocab, **model},
                              "tokenizer": {"kind": "wordpiece"}, "data": {"train_files": ["unused.txt"]}})
@@ -71,13 +63,8 @@ def make_run(tmp_path: Path, tok, name: str = "run", **model) -> Path:
     cfg = _bert_cfg(tok.get_vocab_size(), **model)
     torch.manual_seed(0)
     net = MaskedLM(cfg.model)
-    _randomize(net)
-    run = tmp_path / name
-    run.mkdir()
-    save_config_json(cfg, run / "config.json")
-    save_weights(net, run / "model.safetensors")
-    tok.save(str(run / "tokenizer.json"))
-    return run
+    randomize(net)
+    return write_run(tmp_path / name, cfg, net, tok)
 
 
 def _batch(tok, items) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -226,7 +213,7 @@ def _load_ours(folder: Path) -> tuple[MaskedLM, object]:
                          ids=["default", "gelu_new-inner"])
 def test_load_pretrained_matches_transformers(tmp_path: Path, tok, extra: dict) -> None:
     theirs = transformers.BertForPreTraining(_hf_config(tok, **extra)).eval()
-    _randomize(theirs, seed=1)
+    randomize(theirs, seed=1)
     theirs.save_pretrained(tmp_path / "bert")
     tok.save(str(tmp_path / "bert" / "tokenizer.json"))
 
@@ -251,7 +238,7 @@ def test_load_pretrained_partial_heads(tmp_path: Path, tok, arch: str) -> None:
     """Encoder-only and fine-tuned folders load: missing heads start fresh, a classifier is ignored.
     Also the slow-tokenizer file set: vocab.txt + tokenizer_config.json, no tokenizer.json."""
     theirs = getattr(transformers, arch)(_hf_config(tok)).eval()
-    _randomize(theirs, seed=2)
+    randomize(theirs, seed=2)
     folder = tmp_path / arch
     theirs.save_pretrained(folder)
     _write_vocab(tok, folder, do_lower_case=True)
@@ -279,7 +266,7 @@ def test_load_pretrained_partial_heads(tmp_path: Path, tok, arch: str) -> None:
 def test_load_pretrained_hub_layout(tmp_path: Path, tok) -> None:
     """Old hub files: TF-style gamma/beta LayerNorm names, a saved position_ids buffer, the tied decoder written out."""
     theirs = transformers.BertForPreTraining(_hf_config(tok)).eval()
-    _randomize(theirs, seed=3)
+    randomize(theirs, seed=3)
     folder = tmp_path / "bert"
     theirs.save_pretrained(folder)
     state = {}
@@ -367,7 +354,7 @@ def test_init_from_hf_bert_trains(tmp_path: Path, tok, text) -> None:
 def model(tok) -> MaskedLM:
     torch.manual_seed(0)
     net = MaskedLM(_bert_cfg(tok.get_vocab_size()).model)
-    _randomize(net, seed=4)
+    randomize(net, seed=4)
     return net.eval()
 
 

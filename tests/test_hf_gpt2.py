@@ -14,11 +14,12 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import randomize, write_run
 import torch
 from safetensors.torch import load_file, save_file
 
 from minilm import hf
-from minilm.checkpoint import load_run, save_weights
+from minilm.checkpoint import load_run
 from minilm.config import config_from_dict, save_config_json
 from minilm.errors import CheckpointError
 from minilm.heads import CausalLM
@@ -36,28 +37,14 @@ def _tokenizer(kind: str):
     return train_char([TEXT]) if kind == "char" else train_bpe([TEXT], 300)
 
 
-def _randomize(module: torch.nn.Module, seed: int = 0) -> None:
-    """Non-trivial values everywhere (biases, LayerNorm gains) so a wrong mapping cannot hide behind zeros/ones."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in module.named_parameters():
-            base = 1.0 if p.dim() == 1 and ("norm" in name or "ln_" in name) and name.endswith("weight") else 0.0
-            p.copy_(base + 0.1 * torch.randn(p.shape, generator=g))
-
-
 def make_run(tmp_path: Path, tok_kind: str = "char", name: str = "run", **model) -> Path:
     tok = _tokenizer(tok_kind)
     cfg = config_from_dict({"model": {**TINY, "vocab_size": tok.get_vocab_size(), **model},
                             "data": {"train_files": ["unused.txt"]}})
     torch.manual_seed(0)
     net = CausalLM(cfg.model)
-    _randomize(net)
-    run = tmp_path / name
-    run.mkdir()
-    save_config_json(cfg, run / "config.json")
-    save_weights(net, run / "model.safetensors")
-    tok.save(str(run / "tokenizer.json"))
-    return run
+    randomize(net)
+    return write_run(tmp_path / name, cfg, net, tok)
 
 
 def _ours(model: torch.nn.Module, ids: list[int]) -> torch.Tensor:
@@ -111,7 +98,7 @@ def _hf_model(tok, **extra) -> torch.nn.Module:
     config = transformers.GPT2Config(vocab_size=tok.get_vocab_size(), n_positions=32, n_embd=32, n_layer=2, n_head=2,
                                      bos_token_id=tok.token_to_id(EOT), eos_token_id=tok.token_to_id(EOT), **extra)
     model = transformers.GPT2LMHeadModel(config).eval()
-    _randomize(model, seed=1)
+    randomize(model, seed=1)
     return model
 
 
