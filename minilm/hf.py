@@ -1,5 +1,5 @@
-"""Hugging Face interop: export runs as `transformers` folders (GPT -> GPT-2, BERT -> BertForPreTraining);
-import GPT-2 / BERT folders and minilm runs.
+"""Hugging Face interop: export runs as `transformers` folders (GPT -> GPT-2, BERT -> BertForPreTraining,
+BERT classifier -> BertForSequenceClassification); import GPT-2 / BERT folders and minilm runs.
 
 Only the file layout is involved (safetensors, json, tokenizers), so this module never imports `transformers`.
 Each direction dispatches on the model kind through the `_EXPORTERS` / `_IMPORTERS` tables.
@@ -58,6 +58,8 @@ _BERT_HEADS = {
     "mlm": [("mlm.dense", "cls.predictions.transform.dense"), ("mlm.norm", "cls.predictions.transform.LayerNorm")],
     "nsp": [("nsp", "cls.seq_relationship")],
 }
+# a fine-tuned BERT Classifier: our pooler and head -> BertForSequenceClassification's (it has no MLM / NSP heads)
+_BERT_CLASSIFIER = [("pooler.dense", "bert.pooler.dense"), ("head", "classifier")]
 _BERT_IGNORED = ("classifier.", "qa_outputs.")  # fine-tuning heads of BertFor{SequenceClassification,QuestionAnswering}
 _BERT_BUFFERS = ("embeddings.position_ids", "embeddings.token_type_ids")  # buffers older transformers saved
 
@@ -85,6 +87,10 @@ def _gpt2_check(cfg: ModelConfig) -> None:
     if cfg.embedding_norm:
         raise CheckpointError("model.embedding_norm=true cannot be exported: GPT-2 has no LayerNorm after the "
                               "embeddings, so only runs trained without it can be written as a GPT-2 folder")
+    if cfg.num_labels:
+        raise CheckpointError("a GPT classifier cannot be exported: GPT2ForSequenceClassification's head has no "
+                              "bias and finds the last token by the pad id, unlike ours; export BERT classifiers "
+                              "or GPT pretraining runs")
 
 
 def _gpt2_export(cfg: ModelConfig, model: torch.nn.Module, tok: Tokenizer) -> tuple[dict[str, Any], State]:
@@ -124,8 +130,10 @@ def _bert_check(cfg: ModelConfig) -> None:
 
 
 def _bert_export(cfg: ModelConfig, model: torch.nn.Module, tok: Tokenizer) -> tuple[dict[str, Any], State]:
-    """BertForPreTraining config.json and weights equivalent to our MaskedLM."""
+    """BertForPreTraining config.json and weights equivalent to our MaskedLM (BertForSequenceClassification for
+    a Classifier)."""
     own = model.state_dict()
+    classifier = cfg.num_labels > 0
     C = cfg.n_embd
     if cfg.position == "sinusoidal":  # a fixed table is a learned one that never moved: exact for inference
         own["transformer.pos_emb.weight"] = model.transformer.pos_table
@@ -137,7 +145,8 @@ def _bert_export(cfg: ModelConfig, model: torch.nn.Module, tok: Tokenizer) -> tu
         return own.get(f"{ours}.bias", torch.zeros(n, dtype=own[f"{ours}.weight"].dtype))
 
     tensors: State = {}
-    for ours, theirs, has_bias in _bert_modules(cfg.n_layer) + [m + (True,) for g in _BERT_HEADS.values() for m in g]:
+    heads = _BERT_CLASSIFIER if classifier else [m for g in _BERT_HEADS.values() for m in g]
+    for ours, theirs, has_bias in _bert_modules(cfg.n_layer) + [m + (True,) for m in heads]:
         w = own[f"{ours}.weight"]
         tensors[f"{theirs}.weight"] = w
         if has_bias:
@@ -147,12 +156,14 @@ def _bert_export(cfg: ModelConfig, model: torch.nn.Module, tok: Tokenizer) -> tu
         for name, w, b in zip(_BERT_QKV, own[f"{qkv}.weight"].split(C), bias(qkv, 3 * C).split(C)):
             tensors[f"bert.encoder.layer.{i}.attention.self.{name}.weight"] = w
             tensors[f"bert.encoder.layer.{i}.attention.self.{name}.bias"] = b
-    # the decoder is tied to the word embeddings and shares the output bias; written for loaders that do not tie
-    tensors["cls.predictions.bias"] = tensors["cls.predictions.decoder.bias"] = own["mlm.bias"]
-    tensors["cls.predictions.decoder.weight"] = own["transformer.tok_emb.weight"]
+    if not classifier:
+        # the decoder is tied to the word embeddings and shares the output bias; written for loaders that do not tie
+        tensors["cls.predictions.bias"] = tensors["cls.predictions.decoder.bias"] = own["mlm.bias"]
+        tensors["cls.predictions.decoder.weight"] = own["transformer.tok_emb.weight"]
     tensors = {k: v.detach().cpu().clone().contiguous() for k, v in tensors.items()}  # no shared storage
+    arch = "BertForSequenceClassification" if classifier else "BertForPreTraining"
     config = {
-        "model_type": "bert", "architectures": ["BertForPreTraining"],
+        "model_type": "bert", "architectures": [arch],
         "vocab_size": cfg.vocab_size, "hidden_size": C, "num_hidden_layers": cfg.n_layer,
         "num_attention_heads": cfg.n_head, "intermediate_size": cfg.ffn_dim, "hidden_act": _BERT_ACT_OUT[cfg.activation],
         "hidden_dropout_prob": cfg.dropout, "attention_probs_dropout_prob": cfg.dropout,
@@ -160,6 +171,8 @@ def _bert_export(cfg: ModelConfig, model: torch.nn.Module, tok: Tokenizer) -> tu
         "initializer_range": 0.02, "position_embedding_type": "absolute", "is_decoder": False,
         "pad_token_id": tok.token_to_id(PAD), "tie_word_embeddings": True,
     }
+    if classifier:
+        config["classifier_dropout"] = cfg.classifier_dropout
     return config, tensors
 
 
@@ -221,12 +234,17 @@ def _check_out_dir(out_dir: Path) -> None:
 def export_hf(run_dir: Path, out_dir: Path) -> None:
     """Write the run in `run_dir` as a Hugging Face folder that transformers' from_pretrained loads."""
     run_dir, out_dir = Path(run_dir), Path(out_dir)
-    cfg = read_config(run_dir).model  # refuse what cannot be exported before loading any weights
+    full = read_config(run_dir)
+    cfg = full.model  # refuse what cannot be exported before loading any weights
     check, build = _EXPORTERS[_model_kind(cfg)]
     check(cfg)
     _check_out_dir(out_dir)
     _, model, tok = load_run(run_dir)
     config, tensors = build(cfg, model, tok)
+    if cfg.num_labels:  # label names in id order, as transformers' pipelines show them
+        labels = full.classify.labels or [f"LABEL_{i}" for i in range(cfg.num_labels)]
+        config.update(num_labels=cfg.num_labels, id2label={str(i): name for i, name in enumerate(labels)},
+                      label2id={name: i for i, name in enumerate(labels)})
 
     # build everything in a sibling temp dir and rename it into place: a failure leaves no half-written folder
     out_dir.parent.mkdir(parents=True, exist_ok=True)

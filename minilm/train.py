@@ -172,24 +172,25 @@ def train(cfg: Config) -> dict[str, float]:
             progress = ckpt.read_progress(state)
             accelerator.load_state(str(state))
         n_params = count_params(accelerator.unwrap_model(model))
-        tokens_per_step = tc.batch_size * cfg.model.block_size * tc.grad_accum * accelerator.num_processes
         peak, fpt = device_peak_flops(), flops_per_token(cfg.model, n_params)
         log = MetricsLog(out_dir / "metrics.jsonl", main)
         if cfg.log.wandb != "disabled":
             accelerator.init_trackers(cfg.log.project, config=cfg.to_dict(), init_kwargs={
                 "wandb": {"mode": cfg.log.wandb, "name": cfg.log.run_name, "dir": str(out_dir)}})
-        accelerator.print(f"model: {n_params / 1e6:.2f}M parameters | {len(task.train)} training blocks | "
-                          f"{tokens_per_step} tokens per step | {accelerator.num_processes} process(es) on {accelerator.device}")
+        accelerator.print(f"model: {n_params / 1e6:.2f}M parameters | {len(task.train)} training examples | "
+                          f"{tc.batch_size * tc.grad_accum * accelerator.num_processes} per step | "
+                          f"{accelerator.num_processes} process(es) on {accelerator.device}")
 
         step, micro = progress["step"], progress["micro_batches"]
         epoch, skip = divmod(micro, len(train_loader))
         bar = tqdm(total=tc.max_steps, initial=step, disable=not main, dynamic_ncols=True, desc="train")
         model.train()
-        loss_sum = torch.zeros((), device=accelerator.device)  # summed on device: no host sync per step
-        loss_count, t_last, step_last = 0, time.perf_counter(), step
+        # summed on the device: no host sync per step; tokens are real (non-padding) tokens
+        loss_sum, tokens = torch.zeros((), device=accelerator.device), torch.zeros((), device=accelerator.device)
+        loss_count, t_last, stop = 0, time.perf_counter(), False
         result: dict[str, float] = {}
         matrix = None
-        while step < tc.max_steps:
+        while step < tc.max_steps and not stop:
             train_loader.set_epoch(epoch)  # accelerate passes it on to the dataset (and to skip loaders)
             batches = accelerator.skip_first_batches(train_loader, skip) if skip else train_loader
             for batch in batches:
@@ -205,6 +206,7 @@ def train(cfg: Config) -> dict[str, float]:
                     optimizer.zero_grad(set_to_none=True)
                 micro += 1
                 loss_sum += out.loss.detach()
+                tokens += batch["attention_mask"].sum() if "attention_mask" in batch else batch["input_ids"].numel()
                 loss_count += 1
                 if not accelerator.sync_gradients:
                     continue
@@ -212,8 +214,7 @@ def train(cfg: Config) -> dict[str, float]:
                 bar.update(1)
                 if step % cfg.log.log_interval == 0 or step == tc.max_steps:
                     loss = accelerator.reduce(loss_sum / loss_count, "mean").item()
-                    dt = time.perf_counter() - t_last
-                    tok_s = tokens_per_step * (step - step_last) / dt
+                    tok_s = accelerator.reduce(tokens, "sum").item() / (time.perf_counter() - t_last)
                     record = {"split": "train", "step": step, "loss": loss, "lr": lr_at(step - 1, tc), "tokens_per_s": tok_s}
                     if peak:
                         record["mfu"] = fpt * tok_s / (peak * accelerator.num_processes)
@@ -221,7 +222,8 @@ def train(cfg: Config) -> dict[str, float]:
                     accelerator.log({k: v for k, v in record.items() if k != "split"}, step=step)
                     bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{tok_s:,.0f}", **({"mfu": f"{record['mfu']:.1%}"} if peak else {}))
                     loss_sum.zero_()
-                    loss_count, t_last, step_last = 0, time.perf_counter(), step
+                    tokens.zero_()
+                    loss_count, t_last = 0, time.perf_counter()
                 if step % tc.eval_interval == 0 or step == tc.max_steps:
                     last = step == tc.max_steps
                     result, matrix = evaluate(model, val_loader, accelerator, 0 if last else tc.eval_batches)
@@ -235,10 +237,11 @@ def train(cfg: Config) -> dict[str, float]:
                     _save(accelerator, model, out_dir, progress, weights=improved)
                     created = False  # the run directory now holds a checkpoint worth keeping
                     t_last = time.perf_counter()  # evaluation and saving are not training throughput
+                    tokens.zero_()
                     if tc.early_stopping and progress["since_best"] >= tc.early_stopping:
                         accelerator.print(f"early stop: {tc.best_metric} has not improved in {tc.early_stopping} evaluations")
-                        step = tc.max_steps
-                if step >= tc.max_steps:
+                        stop = True
+                if step >= tc.max_steps or stop:
                     break
             epoch, skip = epoch + 1, 0
     except BaseException:

@@ -13,7 +13,7 @@ from tokenizers import Tokenizer
 from minilm.config import Config
 from minilm.data.files import load_files, resolve_files
 from minilm.errors import DataError
-from minilm.tokenizer import CLS, EOT, PAD
+from minilm.tokenizer import CLS, EOT, PAD, unknown_chars
 
 
 def load_table(patterns: list[str], what: str) -> datasets.Dataset:
@@ -68,6 +68,10 @@ def encode_table(ds: datasets.Dataset, tok: Tokenizer, cfg: Config, labels: list
             tok.no_truncation()
             ids, seg = [e.ids for e in encs], [e.type_ids for e in encs]
         else:
+            bad = unknown_chars(tok, "".join(a + (b or [])))
+            if bad:  # a character vocabulary has no unknown token
+                raise DataError(f"{what} has characters the tokenizer never saw ({''.join(bad[:10])!r}): "
+                                "fine-tune from a run with a BPE or WordPiece tokenizer")
             ea = [e.ids for e in tok.encode_batch(a, add_special_tokens=False)]
             eb = [e.ids for e in tok.encode_batch(b, add_special_tokens=False)] if b else [None] * len(a)
             ids = [_join_gpt(x, y, eot, max_len) for x, y in zip(ea, eb)]
