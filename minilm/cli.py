@@ -26,6 +26,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     from minilm.config import load_config
     from minilm.train import train
 
+    datasets_quiet()
     train(load_config(args.config, ["train.task=classify", *args.overrides]))
     return 0
 
@@ -83,6 +84,8 @@ def cmd_classify(args: argparse.Namespace) -> int:
     if not texts:
         raise UsageError("no text to classify: pass TEXT or lines on standard input")
     pair_col = cfg.classify.text_pair_column
+    if args.pair is not None and not pair_col:
+        raise UsageError("this classifier reads single texts, not pairs: drop --pair")
     if args.pair is not None:
         rows = [(t, args.pair) for t in texts]
     elif pair_col:  # stdin lines hold both texts separated by a tab

@@ -145,14 +145,16 @@ class Classifier(nn.Module):
                 segment_ids: torch.Tensor | None = None, labels: torch.Tensor | None = None) -> TaskOutput:
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
+        mask = attention_mask.long()
+        position_ids = (mask.cumsum(-1) - 1).clamp(min=0)  # (B, T): 0 at the first real token, whatever the padding
+        h = self.transformer(input_ids, segment_ids, attention_mask, position_ids=position_ids)  # (B, T, C)
+        rows = torch.arange(h.size(0), device=h.device)
         if self.cfg.causal:
-            position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)  # (B, T): 0 at the first real token
-            h = self.transformer(input_ids, attention_mask=attention_mask, position_ids=position_ids)  # (B, T, C)
-            T = input_ids.size(1)
-            last = T - 1 - attention_mask.long().flip(-1).argmax(-1)  # (B,) index of the last real token
-            pooled = h[torch.arange(h.size(0), device=h.device), last]  # (B, C)
+            last = input_ids.size(1) - 1 - mask.flip(-1).argmax(-1)  # (B,) index of the last real token
+            pooled = h[rows, last]  # (B, C)
         else:
-            pooled = self.pooler(self.transformer(input_ids, segment_ids, attention_mask))  # (B, C)
+            first = mask.argmax(-1)  # (B,) index of [CLS], the first real token
+            pooled = self.pooler(h[rows, first][:, None])  # (B, C)
         logits = self.head(self.drop(pooled))  # (B, num_labels)
         if labels is None:
             return TaskOutput(logits)

@@ -23,8 +23,9 @@ def classification_metrics(preds: np.ndarray, targets: np.ndarray, n: int) -> di
     tp = np.diag(m)
     fp, fn = m.sum(0) - tp, m.sum(1) - tp
     total = m.sum()
+    present = [i for i in range(n) if tp[i] + fp[i] + fn[i]]  # labels absent from both sides do not count
     out = {"accuracy": tp.sum() / total if total else 0.0,
-           "macro_f1": float(np.mean([_f1(tp[i], fp[i], fn[i]) for i in range(n)]))}
+           "macro_f1": float(np.mean([_f1(tp[i], fp[i], fn[i]) for i in present])) if present else 0.0}
     if n == 2:  # F1 of the positive class (label id 1), as GLUE reports for MRPC
         out["f1"] = _f1(tp[1], fp[1], fn[1])
     # Matthews correlation, multi-class form (Gorodkin 2004); equals the binary MCC for two classes
@@ -35,7 +36,9 @@ def classification_metrics(preds: np.ndarray, targets: np.ndarray, n: int) -> di
 
 
 def format_confusion(m: np.ndarray, labels: list[str]) -> str:
-    width = max(8, *(len(x) + 1 for x in labels))
-    head = "true \\ pred".ljust(width) + "".join(x[:width - 1].rjust(width) for x in labels)
-    rows = [labels[i][:width - 1].ljust(width) + "".join(str(v).rjust(width) for v in row) for i, row in enumerate(m)]
+    corner = "true \\ pred"
+    first = max(len(corner), *(len(x) for x in labels)) + 1
+    width = max(8, len(str(int(m.max(initial=0)))) + 1, *(len(x) + 1 for x in labels))
+    head = corner.ljust(first) + "".join(x.rjust(width) for x in labels)
+    rows = [labels[i].ljust(first) + "".join(str(v).rjust(width) for v in row) for i, row in enumerate(m)]
     return "\n".join([head, *rows])

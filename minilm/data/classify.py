@@ -37,7 +37,7 @@ def label_names(ds: datasets.Dataset, column: str) -> list[str]:
     values = set(ds.unique(column))
     if all(isinstance(v, int) for v in values):
         return [str(v) for v in sorted(values)]
-    return sorted(str(v).strip() for v in values)
+    return sorted({str(v).strip() for v in values})
 
 
 def is_bert_tokenizer(tok: Tokenizer) -> bool:
