@@ -11,7 +11,7 @@ from bench.common import Result, Settings, adamw, check_same_loss, time_interlea
 from minilm.config import PRESETS, ModelConfig
 from minilm.data.mlm import MaskingCollator
 from minilm.heads import MaskedLM
-from minilm.hf import _bert_check, _bert_export
+from minilm.hf import bert as hf_bert
 from minilm.tokenizer import BERT_SPECIALS, CLS, SEP
 
 MLM_PROBABILITY = 0.15
@@ -82,8 +82,8 @@ def matched_models(cfg: ModelConfig, tok: Tokenizer, s: Settings) -> tuple[Maske
 
     torch.manual_seed(s.seed)
     ours = MaskedLM(cfg)
-    _bert_check(cfg)
-    config, tensors = _bert_export(cfg, ours, tok)
+    hf_bert.check(cfg)
+    config, tensors = hf_bert.export(cfg, ours, tok)
     config = {k: v for k, v in config.items() if k not in ("model_type", "architectures")}
     theirs = transformers.BertForPreTraining(transformers.BertConfig(**config, attn_implementation="sdpa"))
     missing, unexpected = theirs.load_state_dict(tensors, strict=False)

@@ -11,7 +11,7 @@ from bench.common import Result, Settings, adamw, autocast, check_same_loss, tim
 from minilm.config import ModelConfig
 from minilm.generate import generate
 from minilm.heads import CausalLM
-from minilm.hf import _gpt2_check, _gpt2_export
+from minilm.hf import gpt2 as hf_gpt2
 
 PROMPT_TOKENS = 16
 TOP_K = 50
@@ -56,8 +56,8 @@ def matched_models(cfg: ModelConfig, s: Settings) -> tuple[CausalLM, torch.nn.Mo
 
     torch.manual_seed(s.seed)
     ours = CausalLM(cfg)
-    _gpt2_check(cfg)
-    config, tensors = _gpt2_export(cfg, ours, _plain_tokenizer(cfg.vocab_size))
+    hf_gpt2.check(cfg)
+    config, tensors = hf_gpt2.export(cfg, ours, _plain_tokenizer(cfg.vocab_size))
     config = {k: v for k, v in config.items() if k not in ("model_type", "architectures")}
     theirs = transformers.GPT2LMHeadModel(transformers.GPT2Config(**config, attn_implementation="sdpa"))
     missing, unexpected = theirs.load_state_dict(tensors, strict=False)

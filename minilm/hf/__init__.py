@@ -1,0 +1,130 @@
+"""Hugging Face interop: export runs as `transformers` folders (GPT -> GPT-2, BERT -> BertForPreTraining,
+BERT classifier -> BertForSequenceClassification); import GPT-2 / BERT folders and minilm runs.
+
+Only the file layout is involved (safetensors, json, tokenizers), so this module never imports `transformers`.
+Each direction dispatches on the model kind through the `_EXPORTERS` / `_IMPORTERS` tables.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import uuid
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from safetensors.torch import save_file
+from tokenizers import Tokenizer
+
+from minilm.checkpoint import CONFIG_FILE, MODEL_FILE, TOKENIZER_FILE, load_run, read_config, read_tokenizer
+from minilm.config import ModelConfig
+from minilm.errors import CheckpointError
+from minilm.hf import bert, gpt2
+from minilm.hf.files import State, hf_tokenizer, read_weights, read_json, read_safetensors, tokenizer_config, wordpiece_vocab
+
+# kind -> (check the config before loading weights, build config.json + weights)
+_EXPORTERS: dict[str, tuple[Callable[[ModelConfig], None],
+                            Callable[[ModelConfig, torch.nn.Module, Tokenizer], tuple[dict[str, Any], State]]]] = {
+    "gpt2": (gpt2.check, gpt2.export),
+    "bert": (bert.check, bert.export),
+}
+
+
+def _model_kind(cfg: ModelConfig) -> str:
+    return "gpt2" if cfg.causal else "bert"
+
+
+def _check_out_dir(out_dir: Path) -> None:
+    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
+        raise CheckpointError(f"output directory {str(out_dir)!r} already exists and is not an empty directory: "
+                              "choose a new directory (export never overwrites)")
+
+
+def export_hf(run_dir: Path, out_dir: Path) -> None:
+    """Write the run in `run_dir` as a Hugging Face folder that transformers' from_pretrained loads."""
+    run_dir, out_dir = Path(run_dir), Path(out_dir)
+    full = read_config(run_dir)
+    cfg = full.model  # refuse what cannot be exported before loading any weights
+    check, build = _EXPORTERS[_model_kind(cfg)]
+    check(cfg)
+    _check_out_dir(out_dir)
+    _, model, tok = load_run(run_dir)
+    config, tensors = build(cfg, model, tok)
+    if cfg.num_labels:  # label names in id order, as transformers' pipelines show them
+        labels = full.classify.labels or [f"LABEL_{i}" for i in range(cfg.num_labels)]
+        config.update(num_labels=cfg.num_labels, id2label={str(i): name for i, name in enumerate(labels)},
+                      label2id={name: i for i, name in enumerate(labels)})
+
+    # build everything in a sibling temp dir and rename it into place: a failure leaves no half-written folder
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_dir.parent / f".{out_dir.name}.tmp-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    try:
+        (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+        save_file(tensors, str(tmp / MODEL_FILE), metadata={"format": "pt"})  # transformers requires the format tag
+        shutil.copyfile(run_dir / TOKENIZER_FILE, tmp / TOKENIZER_FILE)
+        tok_cfg = tokenizer_config(tok, cfg.block_size)
+        (tmp / "tokenizer_config.json").write_text(json.dumps(tok_cfg, indent=2) + "\n", encoding="utf-8")
+        vocab = wordpiece_vocab(tok) if tok_cfg["tokenizer_class"] == "BertTokenizerFast" else None
+        if vocab is not None:  # the slow BertTokenizer (and other WordPiece readers) need vocab.txt
+            (tmp / "vocab.txt").write_text("".join(t + "\n" for t in vocab), encoding="utf-8")
+        _check_out_dir(out_dir)  # again: something may have appeared there while we worked
+        if out_dir.exists():
+            out_dir.rmdir()  # empty, checked above; os.replace cannot replace a directory on every platform
+        os.replace(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+# Hugging Face model_type -> importer
+_IMPORTERS: dict[str, Callable[[dict[str, Any], State, Path], tuple[ModelConfig, State]]] = {
+    "gpt2": gpt2.load, "bert": bert.load}
+
+
+def _check_state(cfg: ModelConfig, state: State, where: Path) -> None:
+    """Names and shapes must be exactly what build_model(cfg) expects (checked on the meta device: no memory)."""
+    from minilm.heads import build_model
+
+    with torch.device("meta"):
+        want = {k: tuple(v.shape) for k, v in build_model(cfg).state_dict().items()}
+    missing, unexpected = sorted(set(want) - set(state)), sorted(set(state) - set(want))
+    if missing or unexpected:
+        raise CheckpointError(f"{str(where)!r}: weights do not match the config (missing {missing[:3]}, "
+                              f"unexpected {unexpected[:3]}): restore the files written together")
+    for k, shape in want.items():
+        if tuple(state[k].shape) != shape:
+            raise CheckpointError(f"{str(where)!r}: {k} has shape {tuple(state[k].shape)} but the config implies "
+                                  f"{shape}: restore the files written together")
+
+
+def load_pretrained(path: Path) -> tuple[ModelConfig, State, Tokenizer]:
+    """Config, weights (our names) and tokenizer of a minilm run directory or a local Hugging Face GPT-2 / BERT folder."""
+    path = Path(path)
+    if not path.is_dir():
+        raise CheckpointError(f"model.init_from={str(path)!r} is not a directory: give a minilm run directory "
+                              "or a local Hugging Face GPT-2 / BERT folder")
+    if not (path / CONFIG_FILE).is_file():
+        raise CheckpointError(f"{str(path)!r} has no {CONFIG_FILE}: give a minilm run directory or a Hugging Face "
+                              "folder")
+    raw = read_json(path / CONFIG_FILE)
+    if isinstance(raw.get("model"), dict):  # a minilm run: its config has sections
+        cfg = read_config(path).model
+        if not (path / MODEL_FILE).is_file():
+            raise CheckpointError(f"{str(path)!r} has no {MODEL_FILE}: the run saved no weights (did training finish?)")
+        state = read_safetensors(path / MODEL_FILE)
+        tok = read_tokenizer(path, cfg.vocab_size)
+    else:
+        model_type = raw.get("model_type")
+        if model_type not in _IMPORTERS:
+            raise CheckpointError(f"{str(path)!r} holds a model_type={model_type!r} model: "
+                                  f"only {', '.join(_IMPORTERS)} Hugging Face folders (or minilm runs) can be loaded")
+        cfg, state = _IMPORTERS[model_type](raw, read_weights(path), path)
+        tok = hf_tokenizer(path, model_type)
+        if tok.get_vocab_size() > cfg.vocab_size:
+            raise CheckpointError(f"{str(path)!r}: the tokenizer has {tok.get_vocab_size()} tokens but the model only "
+                                  f"{cfg.vocab_size}: use the tokenizer saved with this model")
+    _check_state(cfg, state, path)
+    return cfg, state, tok
