@@ -628,3 +628,16 @@ def test_cli_export_bert(tmp_path: Path, bert_run: Path, tok) -> None:
     lines = bad.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("minilm: error:") and "model.norm='pre'" in lines[0]
     assert not (tmp_path / "hf2").exists()
+
+
+def test_long_single_sentences_are_split_not_repeated() -> None:
+    # every "sentence" is longer than the block: each becomes one pair, A = its head, B = its tail or another text
+    docs = [[list(range(100 * d + 1, 100 * d + 61))] for d in range(6)]
+    pairs = nsp_pairs(docs, max_len=32, short_seq_prob=0.0, seed=3)
+    assert len(pairs) == len(docs)
+    heads = [a[0] for a, _, _ in pairs]
+    assert len(set(heads)) == len(heads)  # no sentence used twice as the start of A
+    for a, b, is_random in pairs:
+        assert len(a) + len(b) <= 29
+        if not is_random:
+            assert a[-1] < b[0] and b[0] - a[0] < 100  # B continues A's own sentence

@@ -72,6 +72,7 @@ def nsp_pairs(docs: list[list[list[int]]], max_len: int, short_seq_prob: float, 
             chunk.append(doc[i])
             length += len(doc[i])
             if i == len(doc) - 1 or length >= target:
+                n_sentences = len(chunk)
                 if len(chunk) == 1 and len(chunk[0]) >= 2:  # one long sentence: split it so B can be its real next
                     cut = rng.randint(1, len(chunk[0]) - 1)
                     chunk = [chunk[0][:cut], chunk[0][cut:]]
@@ -88,7 +89,7 @@ def nsp_pairs(docs: list[list[list[int]]], max_len: int, short_seq_prob: float, 
                             b += s
                             if len(b) >= target - len(a):
                                 break
-                        i -= len(chunk) - a_end  # the unused sentences of this chunk are used next
+                        i -= max(0, n_sentences - a_end)  # the chunk's unused whole sentences are used next
                     else:
                         is_random = 0
                         b = [t for s in chunk[a_end:] for t in s]
