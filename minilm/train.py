@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import shutil
 import time
@@ -262,6 +263,4 @@ def train(cfg: Config) -> dict[str, float]:
 
 
 def _config_json(cfg: Config) -> str:
-    import json
-
     return json.dumps(cfg.to_dict(), indent=2) + "\n"

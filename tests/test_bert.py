@@ -59,6 +59,17 @@ def _bert_cfg(vocab: int, **model):
                              "tokenizer": {"kind": "wordpiece"}, "data": {"train_files": ["unused.txt"]}})
 
 
+
+def assert_same_pretraining_logits(ours, theirs, tok) -> None:
+    """MLM logits at real positions and NSP logits agree with a transformers BertForPreTraining."""
+    ids, seg, mask = _batch(tok, [*PAIRS, SINGLE])
+    mlm, nsp = _ours(ours, ids, seg, mask)
+    with torch.no_grad():
+        want = theirs(input_ids=ids, token_type_ids=seg, attention_mask=mask)
+    real = mask.bool()
+    torch.testing.assert_close(mlm[real], want.prediction_logits[real], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(nsp, want.seq_relationship_logits, atol=1e-5, rtol=1e-5)
+
 def make_run(tmp_path: Path, tok, name: str = "run", **model) -> Path:
     cfg = _bert_cfg(tok.get_vocab_size(), **model)
     torch.manual_seed(0)
@@ -113,13 +124,7 @@ def test_export_matches_transformers(tmp_path: Path, tok, model: dict) -> None:
     theirs, info = transformers.BertForPreTraining.from_pretrained(out, output_loading_info=True)
     assert not info["missing_keys"] and not info["unexpected_keys"] and not info["mismatched_keys"]
     theirs.eval()
-    ids, seg, mask = _batch(tok, [*PAIRS, SINGLE])
-    mlm, nsp = _ours(ours, ids, seg, mask)
-    with torch.no_grad():
-        want = theirs(input_ids=ids, token_type_ids=seg, attention_mask=mask)
-    real = mask.bool()
-    torch.testing.assert_close(mlm[real], want.prediction_logits[real], atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(nsp, want.seq_relationship_logits, atol=1e-5, rtol=1e-5)
+    assert_same_pretraining_logits(ours, theirs, tok)
 
     config = json.loads((out / "config.json").read_text())
     assert config["model_type"] == "bert" and config["architectures"] == ["BertForPreTraining"]
@@ -219,13 +224,7 @@ def test_load_pretrained_matches_transformers(tmp_path: Path, tok, extra: dict) 
 
     ours, tok2 = _load_ours(tmp_path / "bert")
     assert ours.cfg.d_ff == extra.get("intermediate_size", 0) and not ours.cfg.causal and ours.cfg.norm == "post"
-    ids, seg, mask = _batch(tok, [*PAIRS, SINGLE])
-    mlm, nsp = _ours(ours, ids, seg, mask)
-    with torch.no_grad():
-        want = theirs(input_ids=ids, token_type_ids=seg, attention_mask=mask)
-    real = mask.bool()
-    torch.testing.assert_close(mlm[real], want.prediction_logits[real], atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(nsp, want.seq_relationship_logits, atol=1e-5, rtol=1e-5)
+    assert_same_pretraining_logits(ours, theirs, tok)
     assert tok2.encode(*PAIRS[0]).ids == tok.encode(*PAIRS[0]).ids
 
 
@@ -280,13 +279,7 @@ def test_load_pretrained_hub_layout(tmp_path: Path, tok) -> None:
     _write_vocab(tok, folder)
 
     ours, _ = _load_ours(folder)
-    ids, seg, mask = _batch(tok, [*PAIRS, SINGLE])
-    mlm, nsp = _ours(ours, ids, seg, mask)
-    with torch.no_grad():
-        want = theirs(input_ids=ids, token_type_ids=seg, attention_mask=mask)
-    real = mask.bool()
-    torch.testing.assert_close(mlm[real], want.prediction_logits[real], atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(nsp, want.seq_relationship_logits, atol=1e-5, rtol=1e-5)
+    assert_same_pretraining_logits(ours, theirs, tok)
 
 
 def test_load_pretrained_refusals(tmp_path: Path, tok) -> None:
