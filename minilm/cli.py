@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import typing
 from pathlib import Path
 
 from minilm.errors import MinilmError
@@ -18,6 +19,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from minilm.config import load_config
     from minilm.train import train
 
+    datasets_quiet()
     train(load_config(args.config, args.overrides))
     return 0
 
@@ -221,8 +223,15 @@ def cmd_presets(args: argparse.Namespace) -> int:
     return 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage mistake is one line like every other error (the usage stays in --help)."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        self.exit(2, f"minilm: error: {message}: see `{self.prog} --help`\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="minilm", description="Pretrain, fine-tune and sample small GPT/BERT models.")
+    p = _Parser(prog="minilm", description="Pretrain, fine-tune and sample small GPT/BERT models.")
     p.add_argument("--debug", action="store_true", help="show full tracebacks for errors")
     sub = p.add_subparsers(dest="command", required=True)
 

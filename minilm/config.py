@@ -140,6 +140,9 @@ class TrainConfig:
     beta1: float = 0.9
     beta2: float = 0.95
     grad_clip: float = 1.0  # 0 disables clipping
+    # A step whose loss or gradient is not finite is skipped (no weight or optimizer change, checked on the
+    # device without a host sync); the run stops with an error once more than this many were skipped (0: at the first).
+    max_skipped_steps: int = 20
     eval_interval: int = 250  # steps between evaluations and checkpoints
     eval_batches: int = 0  # batches per evaluation; 0 means the whole validation set
     mixed_precision: str = "auto"  # "auto" (bf16 on a GPU that has it, else fp32), "no", "bf16", "fp16"
@@ -157,7 +160,7 @@ class TrainConfig:
                "a validation metric such as 'val_accuracy', 'val_f1', 'val_mcc' or 'val_loss'", self.best_metric)
         _check(not self.early_stopping or self.best_metric, "train.early_stopping", "only with train.best_metric set",
                self.early_stopping)
-        for name in ("warmup_steps", "eval_batches", "threads", "epochs", "early_stopping"):
+        for name in ("warmup_steps", "eval_batches", "threads", "epochs", "early_stopping", "max_skipped_steps"):
             _check(getattr(self, name) >= 0, f"train.{name}", "zero or a positive integer", getattr(self, name))
         _check(self.lr > 0, "train.lr", "a positive number", self.lr)
         _check(0 <= self.min_lr <= self.lr, "train.min_lr", f"a number between 0 and train.lr={self.lr}", self.min_lr)

@@ -15,3 +15,7 @@ class DataError(MinilmError):
 
 class CheckpointError(MinilmError):
     pass
+
+
+class TrainingError(MinilmError):
+    """Training cannot go on (e.g. the loss keeps diverging); the last good checkpoint is kept."""

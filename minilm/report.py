@@ -8,6 +8,7 @@ from pathlib import Path
 
 import torch
 
+from minilm.checkpoint import atomic_write
 from minilm.config import ModelConfig
 
 # Dense bf16/fp16 tensor-core peaks in FLOP/s, matched against torch.cuda.get_device_name().
@@ -54,9 +55,22 @@ class MetricsLog:
                 os.fsync(fh.fileno())
 
     def read(self) -> list[dict]:
+        """The records; a line cut short by a crash mid-write is left out."""
         if not self.path.is_file():
             return []
-        return [json.loads(line) for line in self.path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        records = []
+        for line in self.path.read_text(encoding="utf-8").splitlines():
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+        return records
+
+    def rewind(self, step: int) -> None:
+        """On resume: drop what was logged after the checkpoint at `step` (those steps run again)."""
+        if self.enabled and self.path.is_file():
+            kept = "".join(json.dumps(r) + "\n" for r in self.read() if r.get("step", 0) <= step)
+            atomic_write(self.path, lambda tmp: tmp.write_text(kept, encoding="utf-8"))
 
 
 def plot_losses(records: list[dict], path: Path) -> None:

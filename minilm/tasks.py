@@ -41,6 +41,12 @@ def _source_model(cfg: Config, weights: bool) -> tuple[ModelConfig | None, dict 
     from minilm.hf import load_pretrained  # transformers is not needed for this, only its file layout
 
     src_cfg, state, tok = load_pretrained(Path(cfg.model.init_from))
+    # the source's architecture wins; a block_size set beyond its learned position table cannot be honoured
+    asked = cfg.model.block_size != ModelConfig.block_size
+    if asked and src_cfg.position == "learned" and cfg.model.block_size > src_cfg.block_size:
+        raise ConfigError(f"model.block_size={cfg.model.block_size} is beyond the position table of "
+                          f"model.init_from ({src_cfg.block_size} positions): set model.block_size={src_cfg.block_size} "
+                          "or less")
     keep = {f: getattr(cfg.model, f) for f in ("dropout", "gradient_checkpointing", "init_from", "classifier_dropout")}
     return dataclasses.replace(src_cfg, **keep, num_labels=0), state if weights else None, tok
 

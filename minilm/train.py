@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import pickle
 import shutil
 import time
 from pathlib import Path
@@ -13,11 +14,12 @@ import numpy as np
 import torch
 from accelerate import Accelerator
 from accelerate.utils import DataLoaderConfiguration, GradientAccumulationPlugin, set_seed
+from accelerate.utils import load as accelerate_load
 from tqdm.auto import tqdm
 
 from minilm import checkpoint as ckpt
 from minilm.config import Config
-from minilm.errors import CheckpointError, ConfigError
+from minilm.errors import CheckpointError, ConfigError, TrainingError
 from minilm.metrics import classification_metrics, confusion, format_confusion
 from minilm.model import count_params
 from minilm.optim import lr_at, make_optimizer
@@ -32,7 +34,6 @@ def _mixed_precision(choice: str) -> str:
     return choice
 
 
-@torch.no_grad()
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, loader, accelerator: Accelerator,
              max_batches: int = 0) -> tuple[dict[str, float], np.ndarray | None]:
@@ -82,6 +83,35 @@ def _improved(metric: str | None, result: dict[str, float], best: float | None) 
     return best is None or (result[metric] < best if lower_is_better else result[metric] > best)
 
 
+def _load_state(accelerator: Accelerator, state: Path) -> None:
+    """accelerate.load_state reads weights from safetensors and everything else with torch.load(weights_only=True),
+    which refuses to run pickled code. Each file is checked that way first: accelerate itself would silently
+    skip an unreadable RNG state, and the resumed run would no longer be exact."""
+    try:
+        for path in sorted(state.iterdir()):
+            if path.suffix in (".bin", ".pkl", ".pt"):
+                accelerate_load(path, map_location="cpu")  # weights_only=True, plus accelerate's numpy allowances
+        accelerator.load_state(str(state))
+    except pickle.UnpicklingError as e:
+        raise CheckpointError(f"{str(state)!r} holds a file that is not plain tensor data (a pickled object that would "
+                              "run code); it was not loaded: resume only from run directories you trust and restore "
+                              "the state from the run that wrote it") from e
+    except (OSError, RuntimeError, EOFError, ValueError) as e:
+        raise CheckpointError(f"the training state in {str(state)!r} is unreadable ({str(e).splitlines()[0]}): "
+                              "resume from an intact run or start a new one") from e
+
+
+def _check_skipped(accelerator: Accelerator, total: int, before: int, step: int, limit: int) -> None:
+    """Stop once more than `limit` steps were skipped for a non-finite loss or gradient (weights stay as they were)."""
+    if total > before:
+        tqdm_write(accelerator, f"step {step}: {total - before} step(s) skipped for a non-finite loss or gradient ({total} in all)")
+    if total > limit:
+        raise TrainingError(
+            f"{total} steps had a non-finite loss or gradient (limit train.max_skipped_steps={limit}); the run stopped "
+            f"at step {step} and its last checkpoint is intact: lower train.lr, raise train.warmup_steps or check the data"
+        )
+
+
 def _load_init(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str | None) -> None:
     """Pretrained weights into a (possibly different) task model: the stack must match; new heads start fresh."""
     missing, unexpected = model.load_state_dict(state, strict=False)
@@ -95,15 +125,22 @@ def _save(accelerator: Accelerator, model: torch.nn.Module, out_dir: Path, progr
     """Weights for sample/export (the latest, or the best so far) plus the full training state, each swapped in atomically."""
     accelerator.wait_for_everyone()
     tmp = out_dir / f"{ckpt.STATE_DIR}.tmp"
-    if accelerator.is_main_process and tmp.exists():
-        shutil.rmtree(tmp)
-    accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp))
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        if weights:
-            ckpt.save_weights(accelerator.unwrap_model(model), out_dir / ckpt.MODEL_FILE)
-        ckpt.swap_in_state(out_dir, tmp, progress)
+    try:
+        if accelerator.is_main_process and tmp.exists():
+            shutil.rmtree(tmp)
+        accelerator.wait_for_everyone()
+        accelerator.save_state(str(tmp))
+        # every process takes part: under FSDP this gathers the shards into one full state dict
+        full = accelerator.get_state_dict(model) if weights else None
+        if accelerator.is_main_process:
+            if weights:
+                ckpt.save_weights(full, out_dir / ckpt.MODEL_FILE)
+            ckpt.swap_in_state(out_dir, tmp, progress)
+    except OSError as e:  # a full disk or a directory made read-only: the previous checkpoint is still whole
+        if accelerator.is_main_process:
+            shutil.rmtree(tmp, ignore_errors=True)
+        raise CheckpointError(f"could not write a checkpoint in {str(out_dir)!r} ({e.strerror or e}): free disk space "
+                              "or make the directory writable, then resume; the previous checkpoint is intact") from e
     accelerator.wait_for_everyone()
 
 
@@ -144,7 +181,7 @@ def train(cfg: Config) -> dict[str, float]:
             saved_tok = out_dir / ckpt.TOKENIZER_FILE if tc.resume or not main else None
             task = prepare_task(cfg, saved_tok, init_weights=not tc.resume)
             if main and not tc.resume:
-                out_dir.mkdir(parents=True, exist_ok=True)
+                _create_run_dir(out_dir)
                 created = True
                 ckpt.write_text(out_dir / ckpt.CONFIG_FILE, _config_json(task.cfg))
                 task.tokenizer.save(str(out_dir / ckpt.TOKENIZER_FILE))
@@ -164,17 +201,19 @@ def train(cfg: Config) -> dict[str, float]:
         if tc.epochs:  # whole passes over the data, evaluated after each
             per_epoch = len(train_loader) // tc.grad_accum
             tc = dataclasses.replace(tc, max_steps=tc.epochs * per_epoch, eval_interval=per_epoch)
-        optimizer = make_optimizer(model, tc, fused=torch.cuda.is_available())
+        optimizer = make_optimizer(model, tc)
         model, optimizer, train_loader, val_loader = accelerator.prepare(model, optimizer, train_loader, val_loader)
 
-        progress = {"step": 0, "epoch": 0, "micro_batches": 0, "best": None, "since_best": 0}
+        progress = {"step": 0, "epoch": 0, "micro_batches": 0, "best": None, "since_best": 0, "skipped": 0}
         if tc.resume:
             state = ckpt.state_dir(out_dir)
             progress = ckpt.read_progress(state)
-            accelerator.load_state(str(state))
+            _load_state(accelerator, state)
         n_params = count_params(accelerator.unwrap_model(model))
         peak, fpt = device_peak_flops(), flops_per_token(cfg.model, n_params)
         log = MetricsLog(out_dir / "metrics.jsonl", main)
+        if tc.resume:
+            log.rewind(progress["step"])
         if cfg.log.wandb != "disabled":
             accelerator.init_trackers(cfg.log.project, config=cfg.to_dict(), init_kwargs={
                 "wandb": {"mode": cfg.log.wandb, "name": cfg.log.run_name, "dir": str(out_dir)}})
@@ -187,8 +226,11 @@ def train(cfg: Config) -> dict[str, float]:
         bar = tqdm(total=tc.max_steps, initial=step, disable=not main, dynamic_ncols=True, desc="train")
         model.train()
         # summed on the device: no host sync per step; tokens are real (non-padding) tokens
-        loss_sum, tokens = torch.zeros((), device=accelerator.device), torch.zeros((), device=accelerator.device)
-        loss_count, t_last, stop = 0, time.perf_counter(), False
+        loss_sum, loss_count, tokens = (torch.zeros((), device=accelerator.device) for _ in range(3))
+        t_last, stop = time.perf_counter(), False
+        # steps skipped for a non-finite loss or gradient, counted on the device (read when logging)
+        skipped = torch.full((), float(progress.get("skipped", 0)), device=accelerator.device)
+        guard = accelerator.scaler is None  # fp16's GradScaler skips such steps itself
         result: dict[str, float] = {}
         matrix = None
         while step < tc.max_steps and not stop:
@@ -201,30 +243,43 @@ def train(cfg: Config) -> dict[str, float]:
                     if accelerator.sync_gradients:
                         for group in optimizer.param_groups:
                             group["lr"] = lr_at(step, tc)
-                        if tc.grad_clip:
-                            accelerator.clip_grad_norm_(model.parameters(), tc.grad_clip)
+                        norm = accelerator.clip_grad_norm_(model.parameters(), tc.grad_clip or math.inf)
+                        if guard:  # the fused AdamW skips the update when found_inf is nonzero
+                            found_inf = (~(torch.isfinite(norm) & torch.isfinite(out.loss.detach()))).float()
+                            if accelerator.num_processes > 1:  # every rank skips the same steps
+                                found_inf = accelerator.reduce(found_inf, "max")
+                            optimizer.optimizer.found_inf = found_inf
+                            skipped += found_inf
                     optimizer.step()
                     optimizer.zero_grad(set_to_none=True)
                 micro += 1
-                loss_sum += out.loss.detach()
+                finite = torch.isfinite(out.loss.detach())  # the logged loss averages the finite ones
+                loss_sum += torch.where(finite, out.loss.detach(), 0.0)
+                loss_count += finite
                 tokens += batch["attention_mask"].sum() if "attention_mask" in batch else batch["input_ids"].numel()
-                loss_count += 1
                 if not accelerator.sync_gradients:
                     continue
                 step += 1
                 bar.update(1)
+                checking = step % cfg.log.log_interval == 0 or step % tc.eval_interval == 0 or step == tc.max_steps
+                if checking:
+                    n_skipped = int(skipped.item())
                 if step % cfg.log.log_interval == 0 or step == tc.max_steps:
-                    loss = accelerator.reduce(loss_sum / loss_count, "mean").item()
+                    loss = accelerator.reduce(loss_sum / loss_count.clamp(min=1), "mean").item()
                     tok_s = accelerator.reduce(tokens, "sum").item() / (time.perf_counter() - t_last)
-                    record = {"split": "train", "step": step, "loss": loss, "lr": lr_at(step - 1, tc), "tokens_per_s": tok_s}
+                    record = {"split": "train", "step": step, "loss": loss, "lr": lr_at(step - 1, tc), "tokens_per_s": tok_s,
+                              "skipped_steps": n_skipped}
                     if peak:
                         record["mfu"] = fpt * tok_s / (peak * accelerator.num_processes)
                     log.write(record)
                     accelerator.log({k: v for k, v in record.items() if k != "split"}, step=step)
                     bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{tok_s:,.0f}", **({"mfu": f"{record['mfu']:.1%}"} if peak else {}))
-                    loss_sum.zero_()
-                    tokens.zero_()
-                    loss_count, t_last = 0, time.perf_counter()
+                    for t in (loss_sum, loss_count, tokens):
+                        t.zero_()
+                    t_last = time.perf_counter()
+                if checking:  # before any evaluation or save
+                    _check_skipped(accelerator, n_skipped, progress.get("skipped", 0), step, tc.max_skipped_steps)
+                    progress["skipped"] = n_skipped
                 if step % tc.eval_interval == 0 or step == tc.max_steps:
                     last = step == tc.max_steps
                     result, matrix = evaluate(model, val_loader, accelerator, 0 if last else tc.eval_batches)
@@ -234,7 +289,8 @@ def train(cfg: Config) -> dict[str, float]:
                     improved = _improved(tc.best_metric, result, progress["best"])
                     progress = {"step": step, "epoch": micro // len(train_loader), "micro_batches": micro,
                                 "best": result[tc.best_metric] if improved and tc.best_metric else progress["best"],
-                                "since_best": 0 if improved else progress["since_best"] + 1}
+                                "since_best": 0 if improved else progress["since_best"] + 1,
+                                "skipped": n_skipped}
                     _save(accelerator, model, out_dir, progress, weights=improved)
                     created = False  # the run directory now holds a checkpoint worth keeping
                     t_last = time.perf_counter()  # evaluation and saving are not training throughput
@@ -260,6 +316,17 @@ def train(cfg: Config) -> dict[str, float]:
     accelerator.print(f"done: {step} steps | peak memory {mem:,.0f} MiB | run directory {out_dir}")
     accelerator.end_training()
     return result
+
+
+def _create_run_dir(out_dir: Path) -> None:
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        probe = out_dir / ".write-test"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise CheckpointError(f"cannot write to train.out_dir={str(out_dir)!r} ({e.strerror or e}): "
+                              "choose a writable directory") from e
 
 
 def _config_json(cfg: Config) -> str:

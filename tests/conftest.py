@@ -66,8 +66,12 @@ def run_cli(*args: str, cwd: Path = ROOT, module: bool = True, timeout: float = 
     return subprocess.run(_command(args, module), cwd=cwd, env=_env(), capture_output=True, text=True, timeout=timeout)
 
 
-def run_cli_many(commands: list[tuple[str, ...]], module: bool = True, timeout: float = 300) -> list[subprocess.CompletedProcess]:
-    """Several CLI invocations at once (most of their time is importing torch), results in order."""
+def run_cli_many(commands: list[tuple[str, ...]], module: bool = True, timeout: float = 300,
+                 parallel: int = 0) -> list[subprocess.CompletedProcess]:
+    """Several CLI invocations at once, `parallel` at a time (0: all); most of their time is importing torch."""
+    if parallel and len(commands) > parallel:
+        return [r for i in range(0, len(commands), parallel)
+                for r in run_cli_many(commands[i : i + parallel], module, timeout)]
     procs = [subprocess.Popen(_command(args, module), cwd=ROOT, env=_env(), stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True) for args in commands]
     results = []

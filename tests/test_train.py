@@ -206,7 +206,7 @@ def test_weight_decay_only_on_matrices():
     from minilm.heads import CausalLM
 
     model = CausalLM(ModelConfig(vocab_size=20, block_size=8, n_layer=1, n_head=2, n_embd=16))
-    opt = make_optimizer(model, TrainConfig(weight_decay=0.1), fused=False)
+    opt = make_optimizer(model, TrainConfig(weight_decay=0.1))
     decay, no_decay = opt.param_groups
     assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
     assert all(p.dim() >= 2 for p in decay["params"]) and all(p.dim() < 2 for p in no_decay["params"])

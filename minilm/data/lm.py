@@ -12,7 +12,7 @@ from tokenizers import Tokenizer
 from minilm.config import Config
 from minilm.data.files import load_files, load_hub, resolve_files, text_column
 from minilm.errors import DataError
-from minilm.tokenizer import eot_id
+from minilm.tokenizer import eot_id, unknown_chars
 
 
 def load_text_splits(cfg: Config) -> tuple[datasets.Dataset, datasets.Dataset | None]:
@@ -43,8 +43,15 @@ def tokenize_stream(ds: datasets.Dataset, tok: Tokenizer, num_proc: int = 1) -> 
     def encode(batch: dict) -> dict:
         return {"ids": [e.ids + tail for e in tok.encode_batch([t or "" for t in batch["text"]], add_special_tokens=False)]}
 
-    ids = ds.map(encode, batched=True, num_proc=min(num_proc, len(ds)), remove_columns=ds.column_names,
-                 desc="tokenizing")
+    try:
+        ids = ds.map(encode, batched=True, num_proc=min(num_proc, len(ds)), remove_columns=ds.column_names,
+                     desc="tokenizing")
+    except Exception as e:  # a character vocabulary has no [UNK]: name the characters it lacks
+        if "Missing [UNK]" not in str(e):
+            raise
+        bad = sorted({c for text in iter_texts(ds) for c in unknown_chars(tok, text)})
+        raise DataError(f"the text has characters the tokenizer never saw ({''.join(bad[:20])!r}): remove them, or "
+                        "train a new tokenizer on this data (tokenizer.kind=bpe handles any text)") from e
     column = ids.data.column("ids")  # a pyarrow ChunkedArray of lists: flatten without Python loops
     parts = [chunk.flatten().to_numpy(zero_copy_only=False) for chunk in column.chunks]
     return np.concatenate(parts).astype(np.int32) if parts else np.zeros(0, np.int32)
