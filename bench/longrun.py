@@ -44,6 +44,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="fail if resident memory grows more than this between the first and last tenth")
     args = p.parse_args(argv)
 
+    import matplotlib.pyplot  # noqa: F401  (imported now: the loss plot at the end would look like growth)
     import torch
 
     from minilm.config import load_config

@@ -123,3 +123,16 @@ def test_resume_with_two_processes(two_procs, shakespeare_file):
     # the resumed processes carried on with their own shards
     seen = [set(map(tuple, r["seen"])) for r in ranks(tmp / "rec_b")]
     assert len(seen[0]) == len(seen[1]) and len(seen[0]) in (32, 40) and not seen[0] & seen[1]
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "configs" / "accelerate").glob("*.yaml")), ids=lambda p: p.stem)
+def test_shipped_accelerate_configs_load(path):
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    cfg = load_config_from_file(str(path))
+    expected = {"single-gpu": "NO", "multi-gpu-ddp": "MULTI_GPU", "fsdp": "FSDP", "multi-node": "MULTI_GPU",
+                "cpu-2proc": "MULTI_GPU"}[path.stem]
+    assert cfg.distributed_type.value == expected
+    assert (cfg.num_machines > 1) == (path.stem == "multi-node")
+    if path.stem == "fsdp":  # wraps our one Block class
+        assert cfg.fsdp_config["fsdp_transformer_layer_cls_to_wrap"] == "Block"
