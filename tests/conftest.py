@@ -47,6 +47,11 @@ def tiny_overrides(train_file: Path, out_dir: Path, *extra: str) -> list[str]:
     ]
 
 
+def snapshot(path: Path) -> dict[str, bytes]:
+    """Every file under `path` with its bytes: equal snapshots mean nothing was touched."""
+    return {str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}
+
+
 def read_metrics(run_dir: Path) -> list[dict]:
     path = Path(run_dir) / "metrics.jsonl"
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]

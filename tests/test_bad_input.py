@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import ROOT, TINY_YAML, randomize, run_cli, run_cli_many, write_run
+from conftest import ROOT, TINY_YAML, randomize, run_cli, run_cli_many, snapshot, write_run
 from minilm.config import config_from_dict
 from minilm.heads import Classifier, MaskedLM
 from minilm.tokenizer import train_wordpiece
@@ -18,10 +18,6 @@ from minilm.tokenizer import train_wordpiece
 TREC = ROOT / "data" / "trec"
 FINETUNE = ROOT / "configs" / "finetune-trec.yaml"
 SMALL_BERT = {"preset": "bert-tiny", "n_layer": 1, "n_head": 2, "n_embd": 32, "block_size": 64}
-
-
-def snapshot(path: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}
 
 
 @pytest.fixture(scope="module")

@@ -16,17 +16,11 @@ import torch
 from safetensors.torch import load_file
 
 import minilm.checkpoint as ckpt
-import minilm.train as train_mod
-from conftest import TINY_YAML, read_metrics, run_cli, tiny_overrides
+from conftest import TINY_YAML, read_metrics, run_cli, snapshot, tiny_overrides
 from minilm.checkpoint import load_run, state_dir
-from minilm.config import load_config
 from minilm.errors import CheckpointError, TrainingError
 from minilm.heads import CausalLM
 from minilm.train import train
-
-
-def snapshot(path: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}
 
 
 def poison(monkeypatch, calls: set[int] | None = None, after: int | None = None) -> None:

@@ -12,17 +12,13 @@ import torch
 from safetensors.torch import load_file
 
 import minilm.train as train_mod
-from conftest import TINY_YAML, read_metrics, run_cli_many, tiny_overrides
+from conftest import TINY_YAML, read_metrics, run_cli_many, snapshot, tiny_overrides
 from minilm.checkpoint import load_run
 from minilm.config import TrainConfig, load_config
 from minilm.errors import CheckpointError, ConfigError, DataError
 from minilm.optim import lr_at, make_optimizer
 from minilm.tasks import prepare_task
 from minilm.train import train
-
-
-def snapshot(path: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}
 
 
 def train_losses(run_dir: Path) -> dict[int, float]:
