@@ -35,6 +35,24 @@ class KVCache:
         return self.k[layer, :, :, :end], self.v[layer, :, :, :end]  # (B, nh, end, hs)
 
 
+class Unpadded:
+    """Where the real tokens of a padded (B, T) batch sit. Everything but attention is per token, so the
+    blocks run on the N real tokens alone and no work is spent on padding; attention re-pads its q, k, v."""
+
+    def __init__(self, keep: torch.Tensor, B: int, T: int):
+        self.index = keep.nonzero()[:, 0]  # (N,) flat positions of the real tokens in B * T
+        self.B, self.T = B, T
+
+    def pad(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, D) -> (B, T, D) with zeros at padding."""
+        flat = x.new_zeros(self.B * self.T, x.size(-1)).index_copy(0, self.index, x)  # (B * T, D)
+        return flat.view(self.B, self.T, -1)  # (B, T, D)
+
+    def unpad(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, T, D) -> (N, D): the real tokens only."""
+        return x.reshape(self.B * self.T, -1)[self.index]  # (N, D)
+
+
 class Attention(nn.Module):
     """Multi-head self-attention through torch's scaled_dot_product_attention (flash / memory-efficient)."""
 
@@ -47,9 +65,12 @@ class Attention(nn.Module):
         self.resid_drop = nn.Dropout(cfg.dropout)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None, is_causal: bool,
-                cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
-        B, T, C = x.shape
-        q, k, v = self.qkv(x).split(C, dim=2)  # 3 x (B, T, C)
+                cache: KVCache | None = None, layer: int = 0, unpadded: Unpadded | None = None) -> torch.Tensor:
+        qkv = self.qkv(x)  # (B, T, 3C), or (N, 3C) for unpadded tokens
+        if unpadded is not None:
+            qkv = unpadded.pad(qkv)  # (B, T, 3C)
+        B, T, C = qkv.size(0), qkv.size(1), qkv.size(2) // 3
+        q, k, v = qkv.split(C, dim=2)  # 3 x (B, T, C)
         q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
         k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
         v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
@@ -59,6 +80,8 @@ class Attention(nn.Module):
             q, k, v, attn_mask=mask, is_causal=is_causal, dropout_p=self.dropout if self.training else 0.0
         )  # (B, nh, T, hs)
         y = y.transpose(1, 2).reshape(B, T, C)  # (B, T, C): heads side by side again
+        if unpadded is not None:
+            y = unpadded.unpad(y)  # (N, C)
         return self.resid_drop(self.proj(y))
 
 
@@ -86,11 +109,11 @@ class Block(nn.Module):
         self.mlp = MLP(cfg)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None, is_causal: bool,
-                cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
+                cache: KVCache | None = None, layer: int = 0, unpadded: Unpadded | None = None) -> torch.Tensor:
         if self.pre_norm:
-            x = x + self.attn(self.norm1(x), mask, is_causal, cache, layer)
+            x = x + self.attn(self.norm1(x), mask, is_causal, cache, layer, unpadded)
             return x + self.mlp(self.norm2(x))
-        x = self.norm1(x + self.attn(x, mask, is_causal, cache, layer))
+        x = self.norm1(x + self.attn(x, mask, is_causal, cache, layer, unpadded))
         return self.norm2(x + self.mlp(x))
 
 
@@ -128,6 +151,10 @@ class Transformer(nn.Module):
         for name, p in self.named_parameters():
             if name.endswith(("attn.proj.weight", "mlp.proj.weight")):
                 nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * cfg.n_layer))
+        if self.pos_emb is not None and cfg.position_init == "sinusoidal":
+            table = sinusoidal_table(cfg.block_size, cfg.n_embd)  # (block_size, C), rms 1/sqrt(2)
+            with torch.no_grad():  # same rms as the token embeddings (std 0.02)
+                self.pos_emb.weight.copy_(table * (0.02 / table.pow(2).mean().sqrt()))
 
     @staticmethod
     def _init_weights(m: nn.Module) -> None:
@@ -156,7 +183,8 @@ class Transformer(nn.Module):
     def forward(self, idx: torch.Tensor, segment_ids: torch.Tensor | None = None,
                 attention_mask: torch.Tensor | None = None, position_ids: torch.Tensor | None = None,
                 cache: KVCache | None = None) -> torch.Tensor:
-        """idx (B, T) token ids -> hidden states (B, T, n_embd). attention_mask (B, past + T): 1 = real token."""
+        """idx (B, T) token ids -> hidden states (B, T, n_embd). attention_mask (B, past + T): 1 = real token;
+        without a cache, the blocks skip padding entirely and its hidden states come back as zeros."""
         B, T = idx.shape
         past = cache.length if cache is not None else 0
         if past + T > self.cfg.block_size:
@@ -171,14 +199,23 @@ class Transformer(nn.Module):
             x = self.emb_norm(x)
         x = self.drop(x)
         mask, is_causal = self._mask(attention_mask, T, past)
+        unpadded = None
+        if attention_mask is not None and cache is None:
+            unpadded = Unpadded(attention_mask.flatten().bool(), B, T)
+            if len(unpadded.index) == B * T:
+                unpadded = None  # no padding to skip
+            else:
+                x = unpadded.unpad(x)  # (N, C): the blocks see real tokens only
         for i, block in enumerate(self.blocks):
             if self.cfg.gradient_checkpointing and self.training:
-                x = checkpoint(block, x, mask, is_causal, None, i, use_reentrant=False)
+                x = checkpoint(block, x, mask, is_causal, None, i, unpadded, use_reentrant=False)
             else:
-                x = block(x, mask, is_causal, cache, i)
+                x = block(x, mask, is_causal, cache, i, unpadded)
         if cache is not None:
             cache.length += T
-        return self.final_norm(x) if self.final_norm is not None else x
+        if self.final_norm is not None:
+            x = self.final_norm(x)
+        return unpadded.pad(x) if unpadded is not None else x  # (B, T, C), zeros at padding
 
 
 def count_params(model: nn.Module, trainable_only: bool = False) -> int:
