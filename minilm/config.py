@@ -43,6 +43,9 @@ class ModelConfig:
     norm_eps: float = 1e-5
     embedding_norm: bool = False  # LayerNorm right after the embeddings (BERT)
     position: str = "learned"  # "learned" table or the original Transformer's "sinusoidal" one
+    # start a learned table from the sinusoidal one (at the token embeddings' scale): attention can tell near
+    # from far positions from step 0, which shortens a masked LM's unigram plateau; still a plain learned table
+    position_init: str = "random"
     causal: bool = True  # causal (decoder) or bidirectional (encoder) attention
     type_vocab_size: int = 0  # segment embeddings (BERT uses 2); 0 disables them
     activation: str = "gelu_tanh"  # GPT-2 uses the tanh approximation, BERT the exact "gelu"
@@ -67,6 +70,8 @@ class ModelConfig:
         _check(self.norm_eps > 0, "model.norm_eps", "a positive number", self.norm_eps)
         _check(self.norm in ("pre", "post"), "model.norm", "'pre' or 'post'", self.norm)
         _check(self.position in ("learned", "sinusoidal"), "model.position", "'learned' or 'sinusoidal'", self.position)
+        _check(self.position_init in ("random", "sinusoidal"), "model.position_init", "'random' or 'sinusoidal'",
+               self.position_init)
         _check(self.activation in ("gelu_tanh", "gelu"), "model.activation", "'gelu_tanh' or 'gelu'", self.activation)
         if self.n_embd % self.n_head:
             raise ConfigError(

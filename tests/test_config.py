@@ -178,6 +178,7 @@ def test_dropout_out_of_range(value):
 @pytest.mark.parametrize("override,key", [
     ("model.norm=mid", "model.norm"),
     ("model.position=rotary", "model.position"),
+    ("model.position_init=zeros", "model.position_init"),
     ("model.activation=relu", "model.activation"),
     ("tokenizer.kind=sentencepiece", "tokenizer.kind"),
     ("train.mixed_precision=fp8", "train.mixed_precision"),
@@ -244,3 +245,11 @@ def test_config_error_is_a_minilm_error():
     from minilm.errors import MinilmError
 
     assert issubclass(ConfigError, MinilmError)
+
+
+@pytest.mark.parametrize("path", sorted((TINY_YAML.parent).glob("*.yaml")), ids=lambda p: p.stem)
+def test_every_shipped_config_loads_and_names_shipped_data(path):
+    cfg = load_config(path)
+    root = TINY_YAML.parent.parent
+    for pattern in [*cfg.data.train_files, *cfg.data.val_files]:
+        assert (root / pattern).exists(), f"{path.name}: {pattern} is not in the repository"

@@ -260,6 +260,43 @@ def test_sinusoidal_table_values():
     assert sinusoidal_table(5, 7).shape == (5, 7)  # odd widths work
 
 
+def test_position_init_sinusoidal_starts_the_learned_table_from_the_sinusoidal_one():
+    torch.manual_seed(0)
+    table = Transformer(tiny(position_init="sinusoidal")).pos_emb.weight
+    assert isinstance(table, torch.nn.Parameter) and table.requires_grad  # still learned, still exportable
+    assert table.pow(2).mean().sqrt().item() == pytest.approx(0.02, rel=1e-4)  # the token embeddings' scale
+    expected = sinusoidal_table(16, 32)
+    assert torch.allclose(table / table[0, 1], expected / expected[0, 1], atol=1e-5)  # the same table, rescaled
+    # nearby positions are more alike than distant ones from the first step
+    sims = table @ table[8]
+    assert sims[7] > sims[2] and sims[9] > sims[14]
+
+
+def test_padding_is_skipped_with_the_same_loss_and_gradients():
+    """A padded batch runs the blocks on real tokens only; loss and gradients equal each sequence run alone."""
+    torch.manual_seed(0)
+    model = build_model(tiny(causal=False, norm="post", embedding_norm=True, type_vocab_size=2))
+    model.train()
+    lengths = [16, 9, 5]
+    x, labels = ids(3, 16), ids(3, 16, seed=2)
+    mask = torch.tensor([[1] * n + [0] * (16 - n) for n in lengths])
+    labels = labels.masked_fill(torch.rand(3, 16, generator=torch.Generator().manual_seed(3)) > 0.3, -100)
+    labels = labels.masked_fill(mask == 0, -100)
+    model(x, attention_mask=mask, labels=labels).loss.backward()
+    padded = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}  # no NSP label: no pooler
+    model.zero_grad()
+    n_labels = (labels != -100).sum()
+    for i, n in enumerate(lengths):  # each sequence alone, no mask, weighted like the batch mean
+        loss = model(x[i : i + 1, :n], labels=labels[i : i + 1, :n]).loss
+        (loss * (labels[i] != -100).sum() / n_labels).backward()
+    assert padded.keys() == {n for n, p in model.named_parameters() if p.grad is not None}
+    for name, p in model.named_parameters():
+        if p.grad is not None:
+            assert torch.allclose(padded[name], p.grad, atol=1e-6, rtol=1e-4), name
+    h = model.transformer(x, attention_mask=mask)
+    assert torch.all(h[mask == 0] == 0)  # padding never went through the blocks
+
+
 def test_segment_embeddings_change_the_output():
     torch.manual_seed(0)
     t = Transformer(tiny(causal=False, type_vocab_size=2)).eval()
