@@ -28,11 +28,18 @@ def sample_next(logits: torch.Tensor, temperature: float = 1.0, top_k: int | Non
     """One token per row from next-token logits (B, V); temperature 0 is greedy. Returns (B,)."""
     if temperature == 0:
         return logits.argmax(-1)
-    logits = filter_logits(logits.float() / temperature, top_k, top_p)
+    logits = logits.float() / temperature
+    if top_k is not None and top_k < logits.size(-1):
+        # draw among the k candidates only: the same distribution as masking the rest to -inf, without a
+        # softmax and a draw over the whole vocabulary (a measurable share of a small model's decode step)
+        values, candidates = torch.topk(logits, top_k, dim=-1)  # (B, k) each
+        pick = torch.multinomial(torch.softmax(filter_logits(values, top_p=top_p), -1), 1, generator=generator)
+        return candidates.gather(-1, pick).squeeze(-1)  # (B,)
+    logits = filter_logits(logits, top_p=top_p)
     return torch.multinomial(torch.softmax(logits, dim=-1), 1, generator=generator).squeeze(-1)
 
 
-@torch.no_grad()
+@torch.inference_mode()  # lighter than no_grad: no version counters or views tracked for autograd
 def generate(model: CausalLM, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
              top_k: int | None = None, top_p: float | None = None, eot: int | None = None,
              use_cache: bool = True, generator: torch.Generator | None = None) -> Iterator[torch.Tensor]:
