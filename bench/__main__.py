@@ -38,6 +38,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="optimizer steps per repetition in the training workloads (default 3; --quick 2)")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="cpu: fp32; cuda: bf16 autocast")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's own choice)")
+    p.add_argument("--compile", choices=("auto", "yes", "no"), default="auto",
+                   help="torch.compile both sides (auto: on a GPU only)")
+    p.add_argument("--profile", type=int, default=0, metavar="N",
+                   help="after timing, profile one repetition per side and print its top N operators")
     p.add_argument("--quick", action="store_true", help="tiny models and few repetitions: a smoke test")
     args = p.parse_args(argv)
     args.only = [w.strip() for w in args.only.split(",") if w.strip()]
@@ -61,8 +65,11 @@ def main(argv: list[str] | None = None) -> int:
     import transformers
 
     transformers.logging.set_verbosity_error()  # its notices would interleave with the table
+    compile_ = args.compile == "yes" or (args.compile == "auto" and args.device == "cuda")
+    if args.device == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True  # as minilm trains
     s = Settings(device=torch.device(args.device), repeats=args.repeats, warmup=args.warmup, steps=args.steps,
-                 quick=args.quick)
+                 quick=args.quick, compile=compile_, profile=args.profile)
     from bench.common import render
 
     runners = _runners()

@@ -7,7 +7,7 @@ import dataclasses
 import torch
 from tokenizers import Tokenizer, models
 
-from bench.common import Result, Settings, adamw, check_same_loss, time_interleaved, train_runner
+from bench.common import Result, Settings, adamw, prepared, check_same_loss, time_interleaved, train_runner
 from minilm.config import PRESETS, ModelConfig
 from minilm.data.mlm import MaskingCollator
 from minilm.heads import MaskedLM
@@ -90,7 +90,7 @@ def matched_models(cfg: ModelConfig, tok: Tokenizer, s: Settings) -> tuple[Maske
     assert not missing and not unexpected, (missing, unexpected)
     emb = theirs.bert.embeddings.word_embeddings.weight
     assert theirs.cls.predictions.decoder.weight is emb, "BertForPreTraining must tie its decoder to the embeddings"
-    return ours.to(s.device).train(), theirs.to(s.device).train()
+    return prepared(s, ours, theirs)
 
 
 def _ours_loss(model: torch.nn.Module, b: dict) -> torch.Tensor:
@@ -117,7 +117,7 @@ def train(s: Settings) -> Result:
     count = lambda b: int(b["attention_mask"].sum())  # noqa: E731
     run_ours = train_runner(s, ours, adamw(ours), batches, _ours_loss, count)
     run_ref = train_runner(s, theirs, adamw(theirs), batches, _ref_loss, count)
-    rates_ours, rates_ref = time_interleaved(s, run_ours, run_ref)
+    rates_ours, rates_ref = time_interleaved(s, run_ours, run_ref, "bert-train")
 
     real = sum(count(b) for b in batches)
     slots = sum(b["input_ids"].numel() for b in batches)

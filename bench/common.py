@@ -25,7 +25,10 @@ class Settings:
     warmup: int = 2  # untimed repetitions per implementation first (allocator, kernels, caches)
     steps: int = 3  # optimizer steps per repetition (training workloads)
     quick: bool = False  # tiny models and few tokens: a smoke test, not a measurement
+    compile: bool = False  # torch.compile both sides' forward
+    profile: int = 0  # > 0: after timing, profile one more repetition per side and keep its top ops
     seed: int = 0
+    profiles: list[str] = field(default_factory=list)  # rendered profiles, in workload order
 
     @property
     def cuda(self) -> bool:
@@ -62,15 +65,25 @@ def sync(s: Settings) -> None:
         torch.cuda.synchronize(s.device)
 
 
+def prepared(s: Settings, *models: torch.nn.Module) -> tuple[torch.nn.Module, ...]:
+    """On the device, in train mode, and compiled in place when asked (both sides alike)."""
+    for m in models:
+        m.to(s.device).train()
+        if s.compile:
+            m.compile()
+    return models
+
+
 def adamw(model: torch.nn.Module, lr: float = 1e-3) -> torch.optim.AdamW:
     """The same AdamW for both sides, grouped as minilm.optim does: decay on matrices and embeddings only.
 
+    Fused, as minilm trains and as transformers' Trainer defaults to ("adamw_torch_fused" from torch 2.8).
     Tied weights appear once in model.parameters(), so both sides update the same number of tensors.
     """
     params = [p for p in model.parameters() if p.requires_grad]
     groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": 0.1},
               {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.95))
+    return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.95), fused=True)
 
 
 def train_runner(s: Settings, model: torch.nn.Module, opt: torch.optim.Optimizer, batches: list[dict],
@@ -110,7 +123,8 @@ def _no_gc() -> Iterator[None]:
         gc.enable()
 
 
-def time_interleaved(s: Settings, ours: Callable[[], int], ref: Callable[[], int]) -> tuple[list[float], list[float]]:
+def time_interleaved(s: Settings, ours: Callable[[], int], ref: Callable[[], int],
+                     workload: str) -> tuple[list[float], list[float]]:
     """Tokens/s of each timed repetition of both sides.
 
     Repetitions alternate between the sides and the side that goes first alternates too (AB BA AB ...), so
@@ -128,7 +142,23 @@ def time_interleaved(s: Settings, ours: Callable[[], int], ref: Callable[[], int
                 elapsed = time.perf_counter() - start
             if i >= s.warmup:
                 rates[name].append(tokens / elapsed)
+    if s.profile:
+        for name, fn in sides:
+            side = "minilm" if name == "ours" else "reference"
+            s.profiles.append(f"{workload}, {side}:\n{_profile(s, fn)}")
     return rates["ours"], rates["ref"]
+
+
+def _profile(s: Settings, fn: Callable[[], int]) -> str:
+    """Top operators of one repetition by self time: where the time goes."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if s.cuda else [])
+    with profile(activities=activities) as prof:
+        fn()
+        sync(s)
+    key = "self_cuda_time_total" if s.cuda else "self_cpu_time_total"
+    return prof.key_averages().table(sort_by=key, row_limit=s.profile, max_name_column_width=40)
 
 
 def _cpu_model() -> str:
@@ -150,7 +180,7 @@ def machine_lines(s: Settings) -> list[str]:
     return [
         f"- CPU: {_cpu_model()}, {cores} cores available ({os.cpu_count()} online), "
         f"torch threads {torch.get_num_threads()}",
-        f"- device: {device}, precision: {s.precision}",
+        f"- device: {device}, precision: {s.precision}" + (", torch.compile on both sides" if s.compile else ""),
         f"- torch {torch.__version__}, transformers {transformers.__version__}, python {platform.python_version()}",
         f"- median of {s.repeats} timed repetitions after {s.warmup} warm-up, minilm and reference interleaved"
         + (" (--quick: tiny models, a smoke test, not a measurement)" if s.quick else ""),
@@ -176,4 +206,7 @@ def render(s: Settings, results: list[Result]) -> str:
         lines.append(f"- **{r.workload}**: {r.setup}; {spread}")
         lines += [f"  - {n}" for n in r.notes]
     lines += ["", "Machine:", *machine_lines(s)]
+    if s.profiles:
+        lines += ["", f"Profiles (one repetition per side, top {s.profile} operators by self time):", "```",
+                  *s.profiles, "```"]
     return "\n".join(lines)

@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import dataclasses
+import statistics
 
 import torch
 from tokenizers import Tokenizer, models
 
-from bench.common import Result, Settings, adamw, autocast, check_same_loss, time_interleaved, train_runner
+from bench.common import (Result, Settings, adamw, autocast, check_same_loss, prepared, time_interleaved,
+                          train_runner)
 from minilm.config import ModelConfig
 from minilm.generate import generate
 from minilm.heads import CausalLM
 from minilm.hf import gpt2 as hf_gpt2
+from minilm.model import count_params
+from minilm.report import device_peak_flops, flops_per_token
 
 PROMPT_TOKENS = 16
 TOP_K = 50
@@ -40,6 +44,12 @@ class GPTSize:
 
 DEFAULT = GPTSize(n_layer=4, n_head=4, n_embd=256, block_size=256, vocab_size=8192, batch=8, new_tokens=256)
 QUICK = GPTSize(n_layer=2, n_head=2, n_embd=64, block_size=64, vocab_size=512, batch=2, new_tokens=32)
+# on a GPU: GPT-2 124M at T=1024 (the vocabulary padded from 50,257 to a multiple of 64, as nanoGPT does)
+GPU = GPTSize(n_layer=12, n_head=12, n_embd=768, block_size=1024, vocab_size=50304, batch=16, new_tokens=256)
+
+
+def _size(s: Settings) -> GPTSize:
+    return QUICK if s.quick else GPU if s.cuda else DEFAULT
 
 
 def _plain_tokenizer(vocab_size: int) -> Tokenizer:
@@ -63,7 +73,7 @@ def matched_models(cfg: ModelConfig, s: Settings) -> tuple[CausalLM, torch.nn.Mo
     missing, unexpected = theirs.load_state_dict(tensors, strict=False)
     assert not unexpected and set(missing) <= {"lm_head.weight"}, (missing, unexpected)
     assert theirs.lm_head.weight is theirs.transformer.wte.weight, "GPT2LMHeadModel must tie lm_head to wte"
-    return ours.to(s.device).train(), theirs.to(s.device).train()
+    return prepared(s, ours, theirs)
 
 
 def _ours_loss(model: torch.nn.Module, batch: dict) -> torch.Tensor:
@@ -92,7 +102,7 @@ def _random_batches(n: int, batch: int, block: int, vocab: int, s: Settings) -> 
 
 def train(s: Settings) -> Result:
     """Training tokens/s: forward + backward + AdamW step on the same batches, all B x T input tokens counted."""
-    size = QUICK if s.quick else DEFAULT
+    size = _size(s)
     cfg = size.model_config()
     ours, theirs = matched_models(cfg, s)
     batches = _random_batches(s.steps, size.batch, cfg.block_size, cfg.vocab_size, s)
@@ -102,17 +112,25 @@ def train(s: Settings) -> Result:
     count = lambda b: b["x"].numel()  # noqa: E731
     run_ours = train_runner(s, ours, adamw(ours), batches, _ours_loss, count)
     run_ref = train_runner(s, theirs, adamw(theirs), batches, _ref_loss, count)
-    rates_ours, rates_ref = time_interleaved(s, run_ours, run_ref)
+    rates_ours, rates_ref = time_interleaved(s, run_ours, run_ref, "gpt-train")
+    notes = ["reference: GPT2LMHeadModel, attn_implementation='sdpa', activation 'gelu_new' "
+             "(GPT-2's, as minilm's export writes it), loss via shift_labels so both score all T positions"]
+    n_params = count_params(ours)
+    per_token = flops_per_token(cfg, n_params)  # as `minilm train` reports MFU
+    peak = device_peak_flops() if s.cuda else None
+    if peak:
+        mfu = lambda rates: statistics.median(rates) * per_token / peak  # noqa: E731
+        notes.append(f"MFU (6N + 12·L·C·T = {per_token / 1e9:.3f} GFLOP per token, N = {n_params / 1e6:.1f}M, "
+                     f"bf16 peak {peak / 1e12:.0f} TFLOP/s): minilm {mfu(rates_ours):.1%}, "
+                     f"reference {mfu(rates_ref):.1%}")
     return Result("gpt-train", rates_ours, rates_ref, loss_ours, loss_ref,
                   f"{size.describe()}, block {cfg.block_size}, batch {size.batch}, {s.steps} AdamW steps per "
-                  f"repetition (lr 1e-3, same groups), {size.batch * cfg.block_size} tokens per step",
-                  ["reference: GPT2LMHeadModel, attn_implementation='sdpa', activation 'gelu_new' "
-                   "(GPT-2's, as minilm's export writes it), loss via shift_labels so both score all T positions"])
+                  f"repetition (lr 1e-3, same groups), {size.batch * cfg.block_size} tokens per step", notes)
 
 
 def sample(s: Settings) -> Result:
     """Sampling tokens/s with a KV cache: batch 1, a 16-token prompt, top-k 50, a fixed number of new tokens."""
-    size = QUICK if s.quick else DEFAULT
+    size = _size(s)
     n_new = size.new_tokens
     # the position table must hold prompt + new tokens, otherwise minilm slides its window (rebuilding the
     # cache every step) and GPT-2 runs out of positions
@@ -146,7 +164,7 @@ def sample(s: Settings) -> Result:
         assert n == n_new, n
         return n
 
-    rates_ours, rates_ref = time_interleaved(s, run_ours, run_ref)
+    rates_ours, rates_ref = time_interleaved(s, run_ours, run_ref, "gpt-sample")
     return Result("gpt-sample", rates_ours, rates_ref, loss_ours, loss_ref,
                   f"{size.describe()}, block {cfg.block_size}, batch 1, {PROMPT_TOKENS}-token prompt, "
                   f"{n_new} new tokens per repetition (top-k {TOP_K}, temperature 1), new tokens counted",
