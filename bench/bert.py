@@ -7,7 +7,7 @@ import dataclasses
 import torch
 from tokenizers import Tokenizer, models
 
-from bench.common import Result, Settings, adamw, prepared, check_same_loss, time_interleaved, train_runner
+from bench.common import Result, Settings, adamw, check_same_loss, prepared, time_interleaved, train_runner
 from minilm.config import PRESETS, ModelConfig
 from minilm.data.mlm import MaskingCollator
 from minilm.heads import MaskedLM

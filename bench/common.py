@@ -180,7 +180,7 @@ def machine_lines(s: Settings) -> list[str]:
     return [
         f"- CPU: {_cpu_model()}, {cores} cores available ({os.cpu_count()} online), "
         f"torch threads {torch.get_num_threads()}",
-        f"- device: {device}, precision: {s.precision}" + (", torch.compile on both sides" if s.compile else ""),
+        f"- device: {device}, precision: {s.precision}" + (", torch.compile on both sides of the training workloads" if s.compile else ""),
         f"- torch {torch.__version__}, transformers {transformers.__version__}, python {platform.python_version()}",
         f"- median of {s.repeats} timed repetitions after {s.warmup} warm-up, minilm and reference interleaved"
         + (" (--quick: tiny models, a smoke test, not a measurement)" if s.quick else ""),

@@ -135,7 +135,8 @@ def sample(s: Settings) -> Result:
     # the position table must hold prompt + new tokens, otherwise minilm slides its window (rebuilding the
     # cache every step) and GPT-2 runs out of positions
     cfg = size.model_config(block_size=max(size.block_size, PROMPT_TOKENS + n_new))
-    ours, theirs = matched_models(cfg, s)
+    # never compiled: the cache grows every step, and each new shape would be compiled again
+    ours, theirs = matched_models(cfg, dataclasses.replace(s, compile=False))
     ours.eval(), theirs.eval()
     check_batch = _random_batches(1, 1, PROMPT_TOKENS + n_new, cfg.vocab_size, s)[0]
     loss_ours, loss_ref = _first_losses(ours, theirs, check_batch)
