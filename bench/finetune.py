@@ -46,7 +46,8 @@ def run_one(task: str, start: str, init_from: str | None, root: Path, extra: lis
         return done, float(timing.read_text()), command
     print(f"running: {command}", file=sys.stderr, flush=True)
     t0 = time.perf_counter()
-    subprocess.run(args, check=True, stdout=subprocess.DEVNULL)
+    if subprocess.run(args, stdout=subprocess.DEVNULL).returncode:  # minilm has printed why, in one line
+        raise SystemExit(f"failed: {command}")
     wall = time.perf_counter() - t0
     timing.write_text(f"{wall:.1f}\n")
     result = _last_eval(out)
@@ -66,9 +67,13 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     os.environ.setdefault("WANDB_MODE", "disabled")
     starts = {"scratch": None, "bert": args.bert, "gpt": args.gpt}
-    starts = {k: starts[k] for k in args.starts.split(",")}
+    tasks, chosen = args.tasks.split(","), args.starts.split(",")
+    if unknown := sorted({*tasks} - TASKS.keys()) + sorted({*chosen} - starts.keys()):
+        p.error(f"unknown task or start {', '.join(unknown)}: choose tasks from {','.join(TASKS)} and starts "
+                "from scratch,bert,gpt")
+    starts = {k: starts[k] for k in chosen}
     rows = []
-    for task in args.tasks.split(","):
+    for task in tasks:
         for start, init_from in starts.items():
             result, wall, command = run_one(task, start, init_from, Path(args.root), args.overrides)
             shown = " / ".join(f"{100 * result['val_' + m]:.1f}" for m in TASKS[task][1])
