@@ -13,6 +13,9 @@ from dataclasses import dataclass, field
 
 import torch
 
+from minilm.config import TrainConfig
+from minilm.optim import make_optimizer
+
 LOSS_TOLERANCE = 1e-4  # |loss_minilm - loss_reference| allowed on the first batch with matched weights
 
 
@@ -75,15 +78,11 @@ def prepared(s: Settings, *models: torch.nn.Module) -> tuple[torch.nn.Module, ..
 
 
 def adamw(model: torch.nn.Module, lr: float = 1e-3) -> torch.optim.AdamW:
-    """The same AdamW for both sides, grouped as minilm.optim does: decay on matrices and embeddings only.
-
-    Fused, as minilm trains and as transformers' Trainer defaults to ("adamw_torch_fused" from torch 2.8).
-    Tied weights appear once in model.parameters(), so both sides update the same number of tensors.
+    """The same AdamW for both sides, minilm's own: fused (as transformers' Trainer defaults to,
+    "adamw_torch_fused" from torch 2.8), decay on matrices and embeddings only. Tied weights appear once in
+    model.parameters(), so both sides update the same number of tensors.
     """
-    params = [p for p in model.parameters() if p.requires_grad]
-    groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": 0.1},
-              {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.95), fused=True)
+    return make_optimizer(model, TrainConfig(lr=lr, min_lr=0.0))
 
 
 def train_runner(s: Settings, model: torch.nn.Module, opt: torch.optim.Optimizer, batches: list[dict],

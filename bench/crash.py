@@ -75,12 +75,12 @@ def check_loadable(run_dir: Path) -> int:
     """The weights and the newest complete training state load; returns that state's step."""
     from safetensors.torch import load_file
 
-    from minilm.checkpoint import load_run, read_progress, state_dir
+    from minilm.run import Progress, RunDir, load_run
 
     load_run(run_dir)
-    state = state_dir(run_dir)
+    state = RunDir(run_dir).state_dir()
     load_file(str(state / "model.safetensors"))
-    return read_progress(state)["step"]
+    return Progress.read(state).step
 
 
 @dataclass

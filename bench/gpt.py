@@ -15,7 +15,7 @@ from minilm.generate import generate
 from minilm.heads import CausalLM
 from minilm.hf import gpt2 as hf_gpt2
 from minilm.model import count_params
-from minilm.report import device_peak_flops, flops_per_token
+from minilm.report import device_peak_flops, training_flops
 
 PROMPT_TOKENS = 16
 TOP_K = 50
@@ -116,7 +116,8 @@ def train(s: Settings) -> Result:
     notes = ["reference: GPT2LMHeadModel, attn_implementation='sdpa', activation 'gelu_new' "
              "(GPT-2's, as minilm's export writes it), loss via shift_labels so both score all T positions"]
     n_params = count_params(ours)
-    per_token = flops_per_token(cfg, n_params)  # as `minilm train` reports MFU
+    T = cfg.block_size
+    per_token = training_flops(cfg, n_params, torch.tensor([T])).item() / T  # as `minilm train` reports MFU
     peak = device_peak_flops() if s.cuda else None
     if peak:
         mfu = lambda rates: statistics.median(rates) * per_token / peak  # noqa: E731

@@ -39,12 +39,13 @@ def datasets_quiet() -> None:
     datasets.disable_progress_bars()
 
 
-def _load_classifier(run_dir: str, device: str):
-    from minilm.checkpoint import load_run
+def _load(run_dir: str, device: str, task: str, what: str, fix: str):
+    """A run's config, model and tokenizer, refused with `fix` unless it was trained for `task` (`what`)."""
+    from minilm.run import load_run
 
     cfg, model, tok = load_run(run_dir, device)
-    if not cfg.model.num_labels:
-        raise UsageError(f"{run_dir!r} is a pretraining run, not a classifier: fine-tune it first with `minilm finetune`")
+    if cfg.train.task != task:
+        raise UsageError(f"{run_dir!r} is a train.task={cfg.train.task} run, not {what}: {fix}")
     return cfg, model, tok
 
 
@@ -54,33 +55,35 @@ def cmd_eval(args: argparse.Namespace) -> int:
     import torch
     from accelerate import Accelerator
 
-    from minilm.data import classify as cls_data
+    from minilm.evaluation import evaluate
     from minilm.metrics import format_confusion
-    from minilm.train import evaluate
+    from minilm.run import load_run
+    from minilm.tasks import get_task
 
-    cfg, model, tok = _load_classifier(args.run_dir, args.device)
+    cfg, model, tok = load_run(args.run_dir, args.device)
     datasets_quiet()
     data = dataclasses.replace(cfg.data, text_column=args.text_column or cfg.data.text_column)
     cl = dataclasses.replace(cfg.classify, text_pair_column=args.pair_column or cfg.classify.text_pair_column,
                              label_column=args.label_column or cfg.classify.label_column)
     cfg = dataclasses.replace(cfg, data=data, classify=cl)
-    table = cls_data.encode_table(cls_data.load_table([args.data], "--data"), tok, cfg, cfg.classify.labels, args.data)
-    loader = torch.utils.data.DataLoader(table, batch_size=args.batch_size,
-                                         collate_fn=cls_data.PadCollator(cls_data.pad_id(tok), cfg.classify.padding_side))
-    metrics, matrix = evaluate(model, loader, Accelerator(cpu=args.device == "cpu"))
-    print(f"{len(table)} examples from {args.data}")
-    for k, v in metrics.items():
+    task = get_task(cfg.train.task)
+    examples, collate = task.eval_data(cfg, tok, [args.data])
+    loader = torch.utils.data.DataLoader(examples, batch_size=args.batch_size, collate_fn=collate)
+    result = evaluate(model, loader, Accelerator(cpu=args.device == "cpu"), perplexity=task.perplexity)
+    print(f"{len(examples)} examples from {args.data}")
+    for k, v in result.metrics.items():
         print(f"{k.removeprefix('val_'):>10}: {v:.4f}")
-    print(format_confusion(matrix, cfg.classify.labels))
+    if result.confusion is not None:
+        print(format_confusion(result.confusion, cfg.classify.labels))
     return 0
 
 
 def cmd_classify(args: argparse.Namespace) -> int:
     import torch
 
-    from minilm.data import classify as cls_data
+    from minilm.tasks.classify import collator, encode_texts
 
-    cfg, model, tok = _load_classifier(args.run_dir, args.device)
+    cfg, model, tok = _load(args.run_dir, args.device, "classify", "a classifier", "fine-tune it first with `minilm finetune`")
     datasets_quiet()
     texts = [args.text] if args.text is not None else [line.rstrip("\n") for line in sys.stdin if line.strip()]
     if not texts:
@@ -96,14 +99,7 @@ def cmd_classify(args: argparse.Namespace) -> int:
             raise UsageError("this classifier reads sentence pairs: give --pair TEXT2 or tab-separated lines")
     else:
         rows = [(t,) for t in texts]
-    import datasets
-
-    columns = {cfg.data.text_column: [r[0] for r in rows], cfg.classify.label_column: [cfg.classify.labels[0]] * len(rows)}
-    if pair_col:
-        columns[pair_col] = [r[1] for r in rows]
-    table = cls_data.encode_table(datasets.Dataset.from_dict(columns), tok, cfg, cfg.classify.labels, "the input")
-    batch = cls_data.PadCollator(cls_data.pad_id(tok), cfg.classify.padding_side)(list(table))
-    batch.pop("labels")
+    batch = collator(cfg, tok)(list(encode_texts(cfg, tok, rows)))
     with torch.no_grad():
         probs = torch.softmax(model(**{k: v.to(args.device) for k, v in batch.items()}).logits.float(), -1)
     for text, p in zip(texts, probs):
@@ -129,14 +125,11 @@ def _check_sample_args(args: argparse.Namespace, vocab: int) -> None:
 def cmd_sample(args: argparse.Namespace) -> int:
     import torch
 
-    from minilm.checkpoint import load_run
     from minilm.generate import generate
     from minilm.tokenizer import eot_id, unknown_chars
 
-    cfg, model, tok = load_run(args.run_dir, args.device)
-    if not cfg.model.causal:
-        raise UsageError(f"{args.run_dir!r} holds a bidirectional (BERT) model, which cannot generate: "
-                         "use `minilm fill-mask` for it, or sample from a GPT run")
+    cfg, model, tok = _load(args.run_dir, args.device, "causal_lm", "a GPT language model",
+                            "only a GPT language model generates (`minilm fill-mask` serves BERT runs)")
     _check_sample_args(args, cfg.model.vocab_size)
     bad = unknown_chars(tok, args.prompt)
     if bad:
@@ -174,12 +167,10 @@ def cmd_sample(args: argparse.Namespace) -> int:
 def cmd_fill_mask(args: argparse.Namespace) -> int:
     import torch
 
-    from minilm.checkpoint import load_run
     from minilm.tokenizer import MASK
 
-    cfg, model, tok = load_run(args.run_dir, args.device)
-    if cfg.model.causal or tok.token_to_id(MASK) is None:
-        raise UsageError(f"{args.run_dir!r} holds a causal (GPT) model: fill-mask needs a BERT run; use `minilm sample`")
+    cfg, model, tok = _load(args.run_dir, args.device, "masked_lm", "a BERT pretraining run",
+                            "fill-mask needs a BERT pretraining run (`minilm sample` serves GPT runs)")
     if args.top_k < 1:
         raise UsageError(f"--top-k {args.top_k} must be at least 1")
     enc = tok.encode(args.text)
@@ -211,14 +202,14 @@ def cmd_presets(args: argparse.Namespace) -> int:
     import torch
 
     from minilm.config import PRESETS, ModelConfig
-    from minilm.heads import build_model
     from minilm.model import count_params
+    from minilm.tasks import get_task
 
     print(f"{'preset':<18} {'layers':>6} {'heads':>5} {'width':>5} {'block':>5} {'params':>10}  (vocab {args.vocab})")
     for name, values in PRESETS.items():
         cfg = dataclasses.replace(ModelConfig(), **values, vocab_size=args.vocab)
         with torch.device("meta"):  # count without allocating
-            n = count_params(build_model(cfg))
+            n = count_params(get_task("causal_lm" if cfg.causal else "masked_lm").model(cfg))
         print(f"{name:<18} {cfg.n_layer:>6} {cfg.n_head:>5} {cfg.n_embd:>5} {cfg.block_size:>5} {n / 1e6:>9.2f}M")
     return 0
 
@@ -245,9 +236,9 @@ def build_parser() -> argparse.ArgumentParser:
     ft.add_argument("overrides", nargs="*", help="e.g. model.init_from=runs/bert-mini-gutenberg train.epochs=2")
     ft.set_defaults(func=cmd_finetune)
 
-    ev = sub.add_parser("eval", help="score a classifier run on a labelled file")
+    ev = sub.add_parser("eval", help="score a run on a file: a classifier on labelled rows, a language model on text")
     ev.add_argument("run_dir")
-    ev.add_argument("--data", required=True, help="a labelled TSV/CSV/JSON(L)/parquet file")
+    ev.add_argument("--data", required=True, help="a labelled TSV/CSV/JSON(L)/parquet file, or text for LM runs")
     ev.add_argument("--text-column", default=None)
     ev.add_argument("--pair-column", default=None)
     ev.add_argument("--label-column", default=None)
@@ -286,7 +277,6 @@ def build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser("export", help="write a run as a Hugging Face transformers folder")
     e.add_argument("run_dir")
     e.add_argument("out_dir")
-    e.add_argument("--format", choices=["hf"], default="hf")
     e.set_defaults(func=cmd_export)
 
     pr = sub.add_parser("presets", help="list the named model presets with parameter counts")

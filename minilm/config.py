@@ -8,7 +8,6 @@ names the key and what is allowed.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import types
 import typing
@@ -132,7 +131,10 @@ class ClassifyConfig:
 @dataclass
 class TrainConfig:
     out_dir: str = "runs/default"
-    task: str = "pretrain"  # "pretrain" (causal LM or MLM + NSP, by model.causal) or "classify" (fine-tuning)
+    # what is trained, a name from the registry in minilm/tasks: "causal_lm" (GPT), "masked_lm" (BERT
+    # pretraining) or "classify" (fine-tuning). Unset (or "pretrain", its older name): the model's own
+    # pretraining task, causal_lm or masked_lm by model.causal; a loaded config always names its task.
+    task: str | None = None
     epochs: int = 0  # > 0: train this many passes over the data (sets max_steps) and evaluate after each
     seed: int = 1337
     batch_size: int = 32  # sequences per process per micro-step
@@ -160,7 +162,6 @@ class TrainConfig:
     def validate(self) -> None:
         for name in ("batch_size", "grad_accum", "max_steps", "eval_interval"):
             _check(getattr(self, name) > 0, f"train.{name}", "a positive integer", getattr(self, name))
-        _check(self.task in ("pretrain", "classify"), "train.task", "'pretrain' or 'classify'", self.task)
         _check(self.best_metric is None or self.best_metric.startswith("val_"), "train.best_metric",
                "a validation metric such as 'val_accuracy', 'val_f1', 'val_mcc' or 'val_loss'", self.best_metric)
         _check(not self.early_stopping or self.best_metric, "train.early_stopping", "only with train.best_metric set",
@@ -227,14 +228,14 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 # BERT: bidirectional, post-LN with an embedding LayerNorm, segment embeddings, exact GELU (Devlin et al.; the
 # small sizes are Turc et al. 2019). Counts at BERT's 30,522-token vocabulary, with pooler and MLM/NSP heads.
-_BERT = dict(block_size=512, causal=False, norm="post", norm_eps=1e-12, embedding_norm=True, type_vocab_size=2,
+BERT_ARCH = dict(block_size=512, causal=False, norm="post", norm_eps=1e-12, embedding_norm=True, type_vocab_size=2,
              activation="gelu")
 PRESETS.update({
-    "bert-tiny": dict(_BERT, n_layer=2, n_head=2, n_embd=128),  # 4.4M
-    "bert-mini": dict(_BERT, n_layer=4, n_head=4, n_embd=256),  # 11.3M
-    "bert-small": dict(_BERT, n_layer=4, n_head=8, n_embd=512),  # 29.1M
-    "bert-medium": dict(_BERT, n_layer=8, n_head=8, n_embd=512),  # 41.7M
-    "bert-base": dict(_BERT, n_layer=12, n_head=12, n_embd=768),  # 110.1M
+    "bert-tiny": dict(BERT_ARCH, n_layer=2, n_head=2, n_embd=128),  # 4.4M
+    "bert-mini": dict(BERT_ARCH, n_layer=4, n_head=4, n_embd=256),  # 11.3M
+    "bert-small": dict(BERT_ARCH, n_layer=4, n_head=8, n_embd=512),  # 29.1M
+    "bert-medium": dict(BERT_ARCH, n_layer=8, n_head=8, n_embd=512),  # 41.7M
+    "bert-base": dict(BERT_ARCH, n_layer=12, n_head=12, n_embd=768),  # 110.1M
 })
 
 
@@ -325,6 +326,9 @@ def config_from_dict(raw: dict, config_cls: type = Config) -> Config:
         model_raw = {**PRESETS[preset], **model_raw}
     raw = {**raw, "model": model_raw}
     built = {name: _build_section(name, hints[name], raw.get(name) or {}) for name in sections}
+    if config_cls is Config and built["train"].task in (None, "pretrain"):
+        task = "causal_lm" if built["model"].causal else "masked_lm"
+        built["train"] = dataclasses.replace(built["train"], task=task)
     cfg = config_cls(**built)
     cfg.validate()
     return cfg
@@ -365,6 +369,3 @@ def load_config(path: str | Path | None, overrides: list[str] = (), config_cls: 
         raise ConfigError(f"config file {str(path)!r} must hold a mapping of sections (model:, train:, ...)")
     return config_from_dict(_deep_merge(raw, parse_overrides(list(overrides))), config_cls)
 
-
-def save_config_json(cfg: Config, path: Path) -> None:
-    path.write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")

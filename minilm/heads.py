@@ -9,16 +9,24 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from minilm.config import ModelConfig
+from minilm.data.batch import IGNORE
 from minilm.model import KVCache, Transformer
 
-IGNORE = -100  # label value that carries no loss
+
+@dataclass
+class Sums:
+    """One evaluation metric as per-example sums and counts: its value is sum(total) / sum(count) over the set."""
+
+    total: torch.Tensor  # (B,)
+    count: torch.Tensor  # (B,)
 
 
 @dataclass
 class TaskOutput:
     logits: torch.Tensor | None
     loss: torch.Tensor | None = None
-    metrics: dict[str, torch.Tensor] = field(default_factory=dict)  # evaluation: per-example sums `k`, counts `k_n`
+    metrics: dict[str, Sums] = field(default_factory=dict)  # evaluation only
+    predictions: tuple[torch.Tensor, torch.Tensor] | None = None  # evaluation of classifiers: (preds, targets), (B,) each
     aux_logits: torch.Tensor | None = None  # a second head's output (BERT: next-sentence logits)
 
 
@@ -50,7 +58,7 @@ def lm_loss(logits: torch.Tensor, labels: torch.Tensor, name: str, with_metrics:
     per_token = F.cross_entropy(flat, labels.reshape(-1), ignore_index=IGNORE, reduction="none").view(labels.shape)
     count = (labels != IGNORE).sum(-1)  # (B,)
     loss = per_token.sum() / count.sum().clamp(min=1)
-    return TaskOutput(logits, loss, {name: per_token.sum(-1), f"{name}_n": count})
+    return TaskOutput(logits, loss, {name: Sums(per_token.sum(-1), count)})
 
 
 class Pooler(nn.Module):
@@ -83,7 +91,8 @@ class MaskedLM(nn.Module):
     """BERT pretraining: the stack with bidirectional attention, a masked-LM head and a next-sentence head.
 
     With labels, MLM logits are computed only at the masked positions (about 15 %), not over the whole
-    vocabulary x sequence; the loss is the same as the dense computation.
+    vocabulary x sequence: the same loss as the dense computation at a fraction of the cost; without labels
+    (fill-mask) every position gets its logits.
     """
 
     def __init__(self, cfg: ModelConfig):
@@ -96,34 +105,29 @@ class MaskedLM(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, segment_ids: torch.Tensor | None = None,
                 attention_mask: torch.Tensor | None = None, labels: torch.Tensor | None = None,
-                next_sentence_label: torch.Tensor | None = None, dense: bool = False) -> TaskOutput:
+                next_sentence_label: torch.Tensor | None = None) -> TaskOutput:
         h = self.transformer(input_ids, segment_ids, attention_mask)  # (B, T, C)
         nsp_logits = self.nsp(self.pooler(h))  # (B, 2)
         emb = self.transformer.tok_emb.weight
-        if labels is None or dense:
-            logits = self.mlm(h, emb)  # (B, T, vocab)
-            out = TaskOutput(logits, aux_logits=nsp_logits)
-            if labels is None:
-                return out
-            out.loss = F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=IGNORE)
-        else:
-            picked = labels != IGNORE  # (B, T)
-            rows = picked.nonzero()[:, 0]  # (N,) example index of each masked position
-            target = labels[picked]  # (N,)
-            logits = self.mlm(h[picked], emb)  # (N, vocab)
-            per_token = F.cross_entropy(logits.float(), target, reduction="none")  # (N,)
-            out = TaskOutput(logits, per_token.mean() if len(target) else logits.sum() * 0)  # 0 keeps the graph
-            if not self.training:  # per-example sums and counts for evaluation
-                zeros = torch.zeros(h.size(0), device=h.device)
-                out.metrics["mlm_loss"] = zeros.index_add(0, rows, per_token)
-                out.metrics["mlm_acc"] = zeros.index_add(0, rows, (logits.argmax(-1) == target).float())
-                out.metrics["mlm_loss_n"] = out.metrics["mlm_acc_n"] = zeros.index_add(0, rows, torch.ones_like(per_token))
-        out.aux_logits = nsp_logits
+        if labels is None:  # fill-mask: every position
+            return TaskOutput(self.mlm(h, emb), aux_logits=nsp_logits)  # (B, T, vocab)
+        picked = labels != IGNORE  # (B, T)
+        rows = picked.nonzero()[:, 0]  # (N,) example index of each masked position
+        target = labels[picked]  # (N,)
+        logits = self.mlm(h[picked], emb)  # (N, vocab)
+        per_token = F.cross_entropy(logits.float(), target, reduction="none")  # (N,)
+        loss = per_token.mean() if len(target) else logits.sum() * 0  # 0 keeps the graph
+        out = TaskOutput(logits, loss, aux_logits=nsp_logits)
+        if not self.training:  # per-example sums and counts for evaluation
+            zeros = torch.zeros(h.size(0), device=h.device)
+            count = zeros.index_add(0, rows, torch.ones_like(per_token))
+            out.metrics["mlm_loss"] = Sums(zeros.index_add(0, rows, per_token), count)
+            out.metrics["mlm_acc"] = Sums(zeros.index_add(0, rows, (logits.argmax(-1) == target).float()), count)
         if next_sentence_label is not None:
             out.loss = out.loss + F.cross_entropy(nsp_logits.float(), next_sentence_label)
             if not self.training:
-                out.metrics["nsp_acc"] = (nsp_logits.argmax(-1) == next_sentence_label).float()
-                out.metrics["nsp_acc_n"] = torch.ones_like(out.metrics["nsp_acc"])
+                right = (nsp_logits.argmax(-1) == next_sentence_label).float()
+                out.metrics["nsp_acc"] = Sums(right, torch.ones_like(right))
         return out
 
 
@@ -161,13 +165,7 @@ class Classifier(nn.Module):
         per_example = F.cross_entropy(logits.float(), labels, reduction="none")  # (B,)
         out = TaskOutput(logits, per_example.mean())
         if not self.training:
-            ones = torch.ones_like(per_example)
-            out.metrics = {"loss": per_example, "loss_n": ones, "preds": logits.argmax(-1), "targets": labels}
+            out.metrics["loss"] = Sums(per_example, torch.ones_like(per_example))
+            out.predictions = (logits.argmax(-1), labels)
         return out
 
-
-def build_model(cfg: ModelConfig) -> nn.Module:
-    """The task model a model config describes: a classifier when it has labels, else GPT or BERT pretraining."""
-    if cfg.num_labels:
-        return Classifier(cfg)
-    return CausalLM(cfg) if cfg.causal else MaskedLM(cfg)

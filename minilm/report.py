@@ -8,8 +8,8 @@ from pathlib import Path
 
 import torch
 
-from minilm.checkpoint import atomic_write
 from minilm.config import ModelConfig
+from minilm.runfiles import atomic_write
 
 # Dense bf16/fp16 tensor-core peaks in FLOP/s, matched against torch.cuda.get_device_name().
 GPU_PEAK_FLOPS = [
@@ -27,9 +27,12 @@ def device_peak_flops() -> float | None:
     return next((peak for key, peak in GPU_PEAK_FLOPS if key in name), None)
 
 
-def flops_per_token(cfg: ModelConfig, n_params: int) -> float:
-    """Training FLOPs per token: 6N for the weights plus 12 * L * C * T for attention scores (PaLM, appendix B)."""
-    return 6 * n_params + 12 * cfg.n_layer * cfg.n_embd * cfg.block_size
+def training_flops(cfg: ModelConfig, n_params: int, lengths: torch.Tensor) -> torch.Tensor:
+    """Training FLOPs (forward + backward) of sequences of these real lengths T_i: per token, 6N for the
+    weights plus 12 * L * C * T_i for attention over its own sequence (PaLM, appendix B). Padding is not
+    model work, so it does not count."""
+    lengths = lengths.double()  # (B,)
+    return ((6 * n_params + 12 * cfg.n_layer * cfg.n_embd * lengths) * lengths).sum()
 
 
 def peak_memory_mb() -> float:

@@ -50,11 +50,12 @@ def train_bpe(texts: Iterable[str], vocab_size: int) -> Tokenizer:
     return tok
 
 
-def bert_post_processor(tok: Tokenizer) -> processors.TemplateProcessing:
+def bert_post_processor(tok: Tokenizer, cls: str = CLS, sep: str = SEP) -> processors.TemplateProcessing:
+    """[CLS] A [SEP] B [SEP] with segment ids 0 0 0 1 1 (`cls` and `sep` name the tokens if a vocabulary differs)."""
     return processors.TemplateProcessing(
-        single=f"{CLS} $A {SEP}",
-        pair=f"{CLS} $A {SEP} $B:1 {SEP}:1",
-        special_tokens=[(CLS, tok.token_to_id(CLS)), (SEP, tok.token_to_id(SEP))],
+        single=f"{cls} $A {sep}",
+        pair=f"{cls} $A {sep} $B:1 {sep}:1",
+        special_tokens=[(cls, tok.token_to_id(cls)), (sep, tok.token_to_id(sep))],
     )
 
 
@@ -89,6 +90,12 @@ def load_tokenizer(path: str | Path) -> Tokenizer:
         return Tokenizer.from_file(str(p))
     except Exception as e:  # tokenizers raises a bare Exception on malformed JSON
         raise ConfigError(f"tokenizer file {str(p)!r} could not be read ({e}): give a valid tokenizer.json") from e
+
+
+def check_vocab(tok: Tokenizer, vocab_size: int, what: str, fix: str, error: type[Exception] = ConfigError) -> None:
+    """A model with `vocab_size` embeddings cannot take a tokenizer with more ids."""
+    if tok.get_vocab_size() > vocab_size:
+        raise error(f"{what} has {tok.get_vocab_size()} tokens but the model only {vocab_size}: {fix}")
 
 
 def eot_id(tok: Tokenizer) -> int | None:

@@ -163,11 +163,10 @@ def randomize(module, seed: int = 0) -> None:
 
 def write_run(path: Path, cfg, net, tok) -> Path:
     """A run directory as training leaves it: config.json, model.safetensors, tokenizer.json."""
-    from minilm.checkpoint import save_weights
-    from minilm.config import save_config_json
+    from minilm.runfiles import save_weights, write_json
 
     path.mkdir()
-    save_config_json(cfg, path / "config.json")
+    write_json(path / "config.json", cfg.to_dict())
     save_weights(net, path / "model.safetensors")
     tok.save(str(path / "tokenizer.json"))
     return path

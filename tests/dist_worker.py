@@ -19,7 +19,8 @@ os.environ.setdefault("WANDB_MODE", "disabled")
 
 from safetensors.torch import save_file  # noqa: E402
 
-import minilm.checkpoint as ckpt  # noqa: E402
+import minilm.run as run_mod  # noqa: E402
+import minilm.runfiles as runfiles  # noqa: E402
 import minilm.report as report  # noqa: E402
 import minilm.train as train_mod  # noqa: E402
 from minilm.config import load_config  # noqa: E402
@@ -55,9 +56,9 @@ def main() -> None:
             return fn(*a, **k)
         return wrapper
 
-    ckpt.save_weights = recording("save_weights", ckpt.save_weights)
-    ckpt.swap_in_state = recording("swap_in_state", ckpt.swap_in_state)
-    ckpt.write_text = recording("write_text", ckpt.write_text)
+    runfiles.save_weights = recording("save_weights", runfiles.save_weights)
+    run_mod.swap_in_state = recording("swap_in_state", run_mod.swap_in_state)
+    runfiles.write_text = recording("write_text", runfiles.write_text)
     report.MetricsLog.write = _only_if_enabled(report.MetricsLog.write, writes)
     real_tqdm = train_mod.tqdm
 
@@ -67,18 +68,18 @@ def main() -> None:
 
     tqdm.write = real_tqdm.write
     train_mod.tqdm = tqdm
-    real_save = train_mod._save
+    real_save = run_mod.RunDir.save
 
-    def save(accelerator, model, out_dir, progress, *a, **k):
-        real_save(accelerator, model, out_dir, progress, *a, **k)
+    def save(self, accelerator, model, progress, *a, **k):
+        real_save(self, accelerator, model, progress, *a, **k)
         state = {n: p.detach().cpu().contiguous() for n, p in accelerator.unwrap_model(model).named_parameters()}
-        save_file(state, str(record_dir / f"rank{rank}_step{progress['step']}.safetensors"))
-        if progress["step"] == exit_after:
+        save_file(state, str(record_dir / f"rank{rank}_step{progress.step}.safetensors"))
+        if progress.step == exit_after:
             dump()
             accelerator.wait_for_everyone()
             os._exit(0)
 
-    train_mod._save = save
+    run_mod.RunDir.save = save
     train_mod.train(load_config(None, args))
     dump()
 

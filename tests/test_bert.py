@@ -24,7 +24,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from minilm import hf
-from minilm.checkpoint import load_run
+from minilm.run import load_run
 from minilm.config import config_from_dict
 from minilm.data.mlm import MaskingCollator, PairDataset, nsp_pairs, split_sentences
 from minilm.errors import CheckpointError
@@ -95,9 +95,8 @@ def _batch(tok, items) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
 def _ours(model: MaskedLM, ids, seg, mask) -> tuple[torch.Tensor, torch.Tensor]:
     """(MLM logits (B, T, V), NSP logits (B, 2)) of our model."""
     with torch.no_grad():
-        mlm = model(ids, seg, mask, dense=True).logits
-        nsp = model.nsp(model.pooler(model.transformer(ids, seg, mask)))  # aux_logits is None without labels (bug)
-    return mlm, nsp
+        out = model(ids, seg, mask)  # without labels: MLM logits at every position
+    return out.logits, out.aux_logits
 
 
 transformers = pytest.importorskip("transformers")
@@ -163,15 +162,18 @@ def test_exported_cased_tokenizer(tmp_path: Path, text) -> None:
     theirs = transformers.BertTokenizerFast.from_pretrained(tmp_path / "hf")
     a, b = PAIRS[0]
     assert theirs(a, b)["input_ids"] == cased.encode(a, b).ids
-    _, _, back = hf.load_pretrained(tmp_path / "hf")  # and so must we
+    src = hf.load_pretrained(tmp_path / "hf")  # and so must we
+    _, _, back = src.model, src.state, src.tokenizer
     assert back.encode(a, b).ids == cased.encode(a, b).ids
 
 
 def test_export_then_load_pretrained_round_trips(tmp_path: Path, tok) -> None:
     run = make_run(tmp_path, tok)
     hf.export_hf(run, tmp_path / "hf")
-    run_cfg, run_state, _ = hf.load_pretrained(run)
-    cfg, state, tok2 = hf.load_pretrained(tmp_path / "hf")
+    src = hf.load_pretrained(run)
+    run_cfg, run_state, _ = src.model, src.state, src.tokenizer
+    src = hf.load_pretrained(tmp_path / "hf")
+    cfg, state, tok2 = src.model, src.state, src.tokenizer
     assert cfg == dataclasses.replace(run_cfg, preset=None) and sorted(state) == sorted(run_state)
     for k in state:
         torch.testing.assert_close(state[k], run_state[k], atol=0, rtol=0)
@@ -208,7 +210,8 @@ def _write_vocab(tok, folder: Path, **tok_cfg) -> None:
 
 
 def _load_ours(folder: Path) -> tuple[MaskedLM, object]:
-    cfg, state, tok = hf.load_pretrained(folder)
+    src = hf.load_pretrained(folder)
+    cfg, state, tok = src.model, src.state, src.tokenizer
     model = MaskedLM(cfg).eval()
     model.load_state_dict(state)  # strict: exactly our names
     return model, tok
@@ -390,13 +393,15 @@ def test_sparse_mlm_equals_dense(tok, model) -> None:
     grads = []
     for dense in (False, True):
         model.zero_grad()
-        out = model(**batch, dense=dense)
-        out.loss.backward()
-        grads.append({k: p.grad.clone() for k, p in model.named_parameters()})
-        if dense:
-            dense_loss = out.loss
+        if dense:  # logits at every position, loss written out here
+            out = model(batch["input_ids"], batch["segment_ids"], batch["attention_mask"])
+            mlm = torch.nn.functional.cross_entropy(out.logits.flatten(0, 1), batch["labels"].flatten(),
+                                                    ignore_index=IGNORE)
+            loss = dense_loss = mlm + torch.nn.functional.cross_entropy(out.aux_logits, batch["next_sentence_label"])
         else:
-            sparse_loss = out.loss
+            loss = sparse_loss = model(**batch).loss
+        loss.backward()
+        grads.append({k: p.grad.clone() for k, p in model.named_parameters()})
     torch.testing.assert_close(sparse_loss, dense_loss, atol=1e-6, rtol=1e-6)
     assert grads[0].keys() == grads[1].keys()
     for k in grads[0]:
@@ -406,9 +411,9 @@ def test_sparse_mlm_equals_dense(tok, model) -> None:
     with torch.no_grad():
         ev = model(**batch)
         nsp = torch.nn.functional.cross_entropy(ev.aux_logits, batch["next_sentence_label"])
-    mlm_mean = ev.metrics["mlm_loss"].sum() / ev.metrics["mlm_loss_n"].sum()
+    mlm_mean = ev.metrics["mlm_loss"].total.sum() / ev.metrics["mlm_loss"].count.sum()
     torch.testing.assert_close(mlm_mean + nsp, dense_loss.detach(), atol=1e-6, rtol=1e-6)
-    assert ev.metrics["mlm_loss_n"].sum() == (batch["labels"] != IGNORE).sum()
+    assert ev.metrics["mlm_loss"].count.sum() == (batch["labels"] != IGNORE).sum()
 
 
 # ---------------------------------------------------------------------------------------------

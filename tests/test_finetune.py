@@ -19,13 +19,13 @@ from conftest import ROOT, randomize, read_metrics, run_cli, write_run
 from safetensors.torch import load_file
 
 from minilm import hf
-from minilm.checkpoint import load_run, read_config
+from minilm.run import load_run, read_config
 from minilm.config import config_from_dict
 from minilm.data import classify as cls_data
 from minilm.errors import CheckpointError, DataError
-from minilm.heads import CausalLM, Classifier, MaskedLM, build_model
+from minilm.heads import CausalLM, Classifier, MaskedLM
 from minilm.metrics import classification_metrics, confusion, format_confusion
-from minilm.tasks import prepare_task
+from minilm.tasks import build_model, prepare
 from minilm.tokenizer import CLS, EOT, SEP, train_bpe, train_char, train_wordpiece
 
 datasets.disable_progress_bars()
@@ -103,7 +103,7 @@ def tok_file(tmp_path_factory, wp_tok) -> Path:
 def test_integer_labels_sort_numerically(tmp_path, tok_file):
     train = _tsv(tmp_path / "train.tsv", "sentence\tlabel", "a\t10", "b\t2", "c\t-1", "d\t2", "e\t10")
     dev = _tsv(tmp_path / "dev.tsv", "sentence\tlabel", "f\t2", "g\t-1")
-    task = prepare_task(_cfg(data={"train_files": [str(train)], "val_files": [str(dev)], "text_column": "sentence"},
+    task = prepare(_cfg(data={"train_files": [str(train)], "val_files": [str(dev)], "text_column": "sentence"},
                              tokenizer={"path": str(tok_file)}))
     assert task.cfg.classify.labels == ["-1", "2", "10"]  # numerically, not "-1" < "10" < "2"
     assert task.cfg.model.num_labels == 3
@@ -115,7 +115,7 @@ def test_integer_labels_sort_numerically(tmp_path, tok_file):
 
 def test_string_labels_sort_as_strings(tmp_path, tok_file):
     train = _tsv(tmp_path / "train.tsv", "text\tlabel", "a\tpos", "b\tneutral", "c\tneg", "d\tpos")
-    task = prepare_task(_cfg(data={"train_files": [str(train)], "val_files": [str(train)]},
+    task = prepare(_cfg(data={"train_files": [str(train)], "val_files": [str(train)]},
                              tokenizer={"path": str(tok_file)}))
     assert task.cfg.classify.labels == ["neg", "neutral", "pos"]
     assert [task.val[i]["label_id"] for i in range(4)] == [2, 1, 0, 2]
@@ -131,7 +131,7 @@ def test_unseen_validation_label_is_named(tmp_path, tok_file):
     dev = _tsv(tmp_path / "dev.tsv", "text\tlabel", "c\t1", "d\t7", "e\t0")
     cfg = _cfg(data={"train_files": [str(train)], "val_files": [str(dev)]}, tokenizer={"path": str(tok_file)})
     with pytest.raises(DataError, match=r"data\.val_files has labels the training data never had \(7\)") as e:
-        prepare_task(cfg)
+        prepare(cfg)
     assert "\n" not in str(e.value)
 
 
@@ -148,7 +148,7 @@ def test_missing_column_names_the_config_key(tmp_path, tok_file, train_header, d
     cfg = _cfg(data={"train_files": [str(train)], "val_files": [str(dev)]}, classify=classify,
                tokenizer={"path": str(tok_file)})
     with pytest.raises(DataError, match=re.escape(f"set {key}")) as e:
-        prepare_task(cfg)
+        prepare(cfg)
     assert "has no column" in str(e.value) and "\n" not in str(e.value)
 
 
@@ -457,7 +457,7 @@ def test_saved_weights_are_the_best_evaluation(trec_run, trec_files):
     """model.safetensors reproduces the first evaluation with the highest val_accuracy, not merely the last."""
     from accelerate import Accelerator
 
-    from minilm.train import evaluate
+    from minilm.evaluation import evaluate
 
     run, _ = trec_run
     val = [r for r in read_metrics(run) if r["split"] == "val"]
@@ -466,7 +466,8 @@ def test_saved_weights_are_the_best_evaluation(trec_run, trec_files):
     dev = cls_data.load_table([str(trec_files[1])], "dev")
     table = cls_data.encode_table(dev, tok, cfg, cfg.classify.labels, "dev")
     loader = torch.utils.data.DataLoader(table, batch_size=32, collate_fn=cls_data.PadCollator(cls_data.pad_id(tok)))
-    got, matrix = evaluate(model, loader, Accelerator(cpu=True))
+    ev = evaluate(model, loader, Accelerator(cpu=True))
+    got, matrix = ev.metrics, ev.confusion
     assert got["val_accuracy"] == pytest.approx(best["val_accuracy"], abs=1e-9)
     assert got["val_loss"] == pytest.approx(best["val_loss"], abs=1e-5)
     assert matrix.shape == (6, 6) and matrix.sum() == 300
@@ -530,7 +531,7 @@ def test_init_from_pretraining_run(tmp_path, trec_files, wp_tok, bpe_tok, kind):
     for k in kept:  # one step at lr 1e-12: the loaded weights, unchanged
         torch.testing.assert_close(got[k], src[k], atol=1e-9, rtol=0, msg=k)
     set_seed(saved_cfg.train.seed)  # training builds the model right after seeding: a fresh head is this one
-    fresh = build_model(saved_cfg.model).state_dict()
+    fresh = build_model(saved_cfg).state_dict()
     assert got["head.weight"].shape == (saved_cfg.model.num_labels, 32)
     for k in ("head.weight", "head.bias"):
         torch.testing.assert_close(got[k], fresh[k], atol=1e-9, rtol=0)
@@ -591,7 +592,8 @@ def test_export_randomized_pair_classifier_matches_transformers(tmp_path, wp_tok
     _check_hf_parity(run, tmp_path / "hf", PAIRS)
     # our importer reads the folder back as a BERT stack: the classifier is dropped, MLM / NSP heads start fresh
     with pytest.warns(UserWarning, match="fresh initialization"):
-        _, state, _ = hf.load_pretrained(tmp_path / "hf")
+        src = hf.load_pretrained(tmp_path / "hf")
+        _, state, _ = src.model, src.state, src.tokenizer
     own = load_file(str(run / "model.safetensors"))
     for k in [k for k in own if k.startswith(("transformer.", "pooler."))]:
         torch.testing.assert_close(state[k], own[k], atol=0, rtol=0)

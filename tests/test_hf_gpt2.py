@@ -19,8 +19,9 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from minilm import hf
-from minilm.checkpoint import load_run
-from minilm.config import config_from_dict, save_config_json
+from minilm.run import load_run
+from minilm.config import config_from_dict
+from minilm.runfiles import write_json
 from minilm.errors import CheckpointError
 from minilm.heads import CausalLM
 from minilm.tokenizer import EOT, train_bpe, train_char
@@ -86,8 +87,10 @@ def test_export_matches_transformers(tmp_path: Path, tok_kind: str, model: dict)
 def test_export_then_load_pretrained_round_trips(tmp_path: Path) -> None:
     run = make_run(tmp_path, "bpe")
     hf.export_hf(run, tmp_path / "hf")
-    run_cfg, run_state, _ = hf.load_pretrained(run)  # a minilm run directory
-    cfg, state, tok = hf.load_pretrained(tmp_path / "hf")  # the exported Hugging Face folder
+    src = hf.load_pretrained(run)  # a minilm run directory
+    run_cfg, run_state, _ = src.model, src.state, src.tokenizer
+    src = hf.load_pretrained(tmp_path / "hf")  # the exported Hugging Face folder
+    cfg, state, tok = src.model, src.state, src.tokenizer
     assert cfg == run_cfg and sorted(state) == sorted(run_state)
     for k in state:
         torch.testing.assert_close(state[k], run_state[k], atol=0, rtol=0)
@@ -110,7 +113,8 @@ def test_load_pretrained_matches_transformers(tmp_path: Path, extra: dict) -> No
     model.save_pretrained(tmp_path / "gpt2")
     tok.save(str(tmp_path / "gpt2" / "tokenizer.json"))
 
-    cfg, state, tok2 = hf.load_pretrained(tmp_path / "gpt2")
+    src = hf.load_pretrained(tmp_path / "gpt2")
+    cfg, state, tok2 = src.model, src.state, src.tokenizer
     assert cfg.d_ff == extra.get("n_inner", 0) and cfg.vocab_size == tok.get_vocab_size()
     ours = CausalLM(cfg).eval()
     ours.load_state_dict(state)  # strict: exactly our names
@@ -136,7 +140,8 @@ def test_load_pretrained_hub_layout(tmp_path: Path) -> None:
     save_file(hf_state, str(folder / "model.safetensors"), metadata={"format": "pt"})
     tok.model.save(str(folder))  # vocab.json + merges.txt, no tokenizer.json
 
-    cfg, state, tok2 = hf.load_pretrained(folder)
+    src = hf.load_pretrained(folder)
+    cfg, state, tok2 = src.model, src.state, src.tokenizer
     ours = CausalLM(cfg).eval()
     ours.load_state_dict(state)
     text = SAMPLE + EOT + "fox"
@@ -159,7 +164,7 @@ def test_export_refuses_pre_ln_bidirectional(tmp_path: Path) -> None:
                             "tokenizer": {"kind": "wordpiece"}, "data": {"train_files": ["unused.txt"]}})
     run = tmp_path / "bert"
     run.mkdir()
-    save_config_json(cfg, run / "config.json")
+    write_json(run / "config.json", cfg.to_dict())
     with pytest.raises(CheckpointError, match="BERT is post-LN"):
         hf.export_hf(run, tmp_path / "hf")
     assert not (tmp_path / "hf").exists()

@@ -9,9 +9,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from minilm.config import ModelConfig
-from minilm.heads import CausalLM, build_model
+from minilm.config import Config, ModelConfig, TrainConfig
+from minilm.heads import CausalLM, Classifier, MaskedLM
 from minilm.model import KVCache, Transformer, count_params, sinusoidal_table
+from minilm.tasks import build_model
 
 V = 50
 
@@ -66,8 +67,8 @@ def test_eval_metrics_are_per_example_sums_and_counts():
     x, labels = ids(2, 8), ids(2, 8, seed=3)
     labels[1, :3] = -100
     out = model(x, labels=labels)
-    assert out.metrics["loss_n"].tolist() == [8, 5]
-    assert torch.isclose(out.metrics["loss"].sum() / 13, out.loss, atol=1e-6)
+    assert out.metrics["loss"].count.tolist() == [8, 5]
+    assert torch.isclose(out.metrics["loss"].total.sum() / 13, out.loss, atol=1e-6)
 
 
 def test_sequence_longer_than_block_is_refused():
@@ -275,7 +276,7 @@ def test_position_init_sinusoidal_starts_the_learned_table_from_the_sinusoidal_o
 def test_padding_is_skipped_with_the_same_loss_and_gradients():
     """A padded batch runs the blocks on real tokens only; loss and gradients equal each sequence run alone."""
     torch.manual_seed(0)
-    model = build_model(tiny(causal=False, norm="post", embedding_norm=True, type_vocab_size=2))
+    model = MaskedLM(tiny(causal=False, norm="post", embedding_norm=True, type_vocab_size=2))
     model.train()
     lengths = [16, 9, 5]
     x, labels = ids(3, 16), ids(3, 16, seed=2)
@@ -336,5 +337,8 @@ def test_gradient_checkpointing_gives_same_loss_and_grads(dropout):
     assert torch.allclose(a(x).logits, b(x).logits, atol=1e-6)
 
 
-def test_build_model_gives_a_causal_lm_for_gpt_configs():
-    assert isinstance(build_model(tiny()), CausalLM)
+@pytest.mark.parametrize("task,kind", [("causal_lm", CausalLM), ("masked_lm", MaskedLM), ("classify", Classifier)])
+def test_train_task_alone_picks_the_task_model(task, kind):
+    model_cfg = dataclasses.replace(tiny(causal=kind is CausalLM), num_labels=3 if kind is Classifier else 0)
+    cfg = Config(model=model_cfg, train=TrainConfig(task=task))
+    assert type(build_model(cfg)) is kind

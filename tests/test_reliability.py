@@ -15,9 +15,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-import minilm.checkpoint as ckpt
+import minilm.run as run_mod
+import minilm.runfiles as runfiles
 from conftest import TINY_YAML, read_metrics, run_cli, snapshot, tiny_overrides
-from minilm.checkpoint import load_run, state_dir
+from minilm.run import Progress, RunDir, load_run
 from minilm.errors import CheckpointError, TrainingError
 from minilm.heads import CausalLM
 from minilm.train import train
@@ -103,12 +104,16 @@ def test_first_nonfinite_step_stops_with_limit_zero(make_cfg, tmp_path, monkeypa
     assert json.loads((tmp_path / "run" / "state" / "progress.json").read_text())["step"] == 10
 
 
+def state_dir(run: Path) -> Path:
+    return RunDir(run).state_dir()
+
+
 # ---------------------------------------------------------------------------------------------
 # the disk: full, unwritable
 
 
 def test_full_disk_during_a_checkpoint_keeps_the_previous_one(make_cfg, tmp_path, monkeypatch):
-    real = ckpt.save_weights
+    real = runfiles.save_weights
     saves = {"n": 0}
 
     def save_weights(model, path):
@@ -118,14 +123,14 @@ def test_full_disk_during_a_checkpoint_keeps_the_previous_one(make_cfg, tmp_path
             raise OSError(errno.ENOSPC, "No space left on device")
         real(model, path)
 
-    monkeypatch.setattr(ckpt, "save_weights", save_weights)
+    monkeypatch.setattr(runfiles, "save_weights", save_weights)
     with pytest.raises(CheckpointError, match="No space left on device.*previous checkpoint is intact"):
         train(make_cfg("train.max_steps=20", "train.eval_interval=10"))
     run = tmp_path / "run"
     assert json.loads((state_dir(run) / "progress.json").read_text())["step"] == 10
     assert not (run / "state.tmp").exists()
     load_run(run)
-    monkeypatch.setattr(ckpt, "save_weights", real)
+    monkeypatch.setattr(runfiles, "save_weights", real)
     train(make_cfg("train.max_steps=20", "train.eval_interval=10", "train.resume=true"))  # space is back: resume
     assert json.loads((run / "state" / "progress.json").read_text())["step"] == 20
 
@@ -152,11 +157,13 @@ def finished_run(trained_run, tmp_path) -> Path:
 
 
 def test_crash_at_any_point_of_the_state_swap_leaves_a_loadable_state(finished_run, monkeypatch):
+    """Crash at the 1st, 2nd, ... file operation of the swap until a swap gets through without crashing."""
     class Crash(Exception):
         pass
 
     before = json.loads((finished_run / "state" / "progress.json").read_text())
-    for crash_at in range(1, 8):
+    crashes = 0
+    for crash_at in range(1, 20):
         calls = {"n": 0}
 
         def crashing(real):
@@ -169,19 +176,26 @@ def test_crash_at_any_point_of_the_state_swap_leaves_a_loadable_state(finished_r
 
         tmp = finished_run / "state.tmp"
         shutil.copytree(state_dir(finished_run), tmp)
+        crashed = False
         with monkeypatch.context() as m:
-            m.setattr(ckpt.os, "replace", crashing(os.replace))
-            m.setattr(ckpt.shutil, "rmtree", crashing(shutil.rmtree))
+            m.setattr(run_mod.os, "replace", crashing(os.replace))
+            m.setattr(run_mod.shutil, "rmtree", crashing(shutil.rmtree))
             try:
-                ckpt.swap_in_state(finished_run, tmp, {**before, "step": before["step"] + crash_at})
+                run_mod.swap_in_state(finished_run, tmp, Progress(**{**before, "step": before["step"] + crash_at}))
             except Crash:
-                pass
+                crashed = True
+        assert crashed == (calls["n"] >= crash_at), crash_at  # the crash fired wherever there was an operation
+        crashes += crashed
         state = state_dir(finished_run)
         progress = json.loads((state / "progress.json").read_text())
         assert progress["step"] in (before["step"], before["step"] + crash_at), crash_at
         assert load_file(str(state / "model.safetensors")), crash_at  # weights in the state are whole
         shutil.rmtree(finished_run / "state.tmp", ignore_errors=True)
+        if not crashed:  # this swap completed: every earlier operation was a crash point
+            assert progress["step"] == before["step"] + crash_at and not (finished_run / "state.old").exists()
+            break
         before = progress
+    assert crashes >= 3, crashes  # progress.json's rename, state -> state.old, state.tmp -> state
 
 
 # ---------------------------------------------------------------------------------------------

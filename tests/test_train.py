@@ -11,13 +11,13 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-import minilm.train as train_mod
 from conftest import TINY_YAML, read_metrics, run_cli_many, snapshot, tiny_overrides
-from minilm.checkpoint import load_run
+from minilm.run import RunDir, load_run
 from minilm.config import TrainConfig, load_config
 from minilm.errors import CheckpointError, ConfigError, DataError
 from minilm.optim import lr_at, make_optimizer
-from minilm.tasks import prepare_task
+from minilm.tasks import prepare
+from minilm.tokenizer import load_tokenizer
 from minilm.train import train
 
 
@@ -74,7 +74,7 @@ def test_saved_model_reproduces_final_val_loss(trained_run):
     cfg, model, tok = load_run(trained_run.run_dir)
     assert not model.training
     assert tok.get_vocab_size() == cfg.model.vocab_size
-    task = prepare_task(cfg, trained_run.run_dir / "tokenizer.json")
+    task = prepare(cfg, load_tokenizer(trained_run.run_dir / "tokenizer.json"))
     total, count = 0.0, 0
     with torch.no_grad():
         for i in range(0, len(task.val), 64):
@@ -131,17 +131,17 @@ def test_resume_after_interruption_is_exact(resume_data, tmp_path, monkeypatch):
     class Stop(Exception):
         pass
 
-    real_save = train_mod._save
+    real_save = RunDir.save
 
-    def save_then_stop(accelerator, model, out_dir, progress, *args, **kwargs):
-        real_save(accelerator, model, out_dir, progress, *args, **kwargs)
-        if progress["step"] == 8:
+    def save_then_stop(self, accelerator, model, progress, *args, **kwargs):
+        real_save(self, accelerator, model, progress, *args, **kwargs)
+        if progress.step == 8:
             raise Stop
 
-    monkeypatch.setattr(train_mod, "_save", save_then_stop)
+    monkeypatch.setattr(RunDir, "save", save_then_stop)
     with pytest.raises(Stop):
         train(cfg("b"))
-    monkeypatch.setattr(train_mod, "_save", real_save)
+    monkeypatch.setattr(RunDir, "save", real_save)
     assert json.loads((tmp_path / "b" / "state" / "progress.json").read_text())["step"] == 8
     assert max(train_losses(tmp_path / "b")) == 8
     train(cfg("b", "train.resume=true"))

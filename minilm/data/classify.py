@@ -11,6 +11,7 @@ import torch
 from tokenizers import Tokenizer
 
 from minilm.config import Config
+from minilm.data.batch import pad_examples
 from minilm.data.files import load_files, resolve_files
 from minilm.errors import DataError
 from minilm.tokenizer import CLS, EOT, PAD, unknown_chars
@@ -27,7 +28,7 @@ def load_table(patterns: list[str], what: str) -> datasets.Dataset:
     return load_files(files)
 
 
-def _require(ds: datasets.Dataset, column: str | None, key: str, what: str) -> None:
+def require_column(ds: datasets.Dataset, column: str | None, key: str, what: str) -> None:
     if column is not None and column not in ds.column_names:
         raise DataError(f"{what} has no column {column!r} (columns: {', '.join(ds.column_names)}): set {key}")
 
@@ -44,17 +45,20 @@ def is_bert_tokenizer(tok: Tokenizer) -> bool:
     return tok.token_to_id(CLS) is not None
 
 
-def encode_table(ds: datasets.Dataset, tok: Tokenizer, cfg: Config, labels: list[str], what: str) -> datasets.Dataset:
-    """Columns input_ids, segment_ids, label_id, truncated to the model's block size."""
+def encode_table(ds: datasets.Dataset, tok: Tokenizer, cfg: Config, labels: list[str] | None,
+                 what: str) -> datasets.Dataset:
+    """Columns input_ids, segment_ids and (unless `labels` is None: texts to classify) label_id, truncated to
+    the model's block size."""
     c, text_col = cfg.classify, cfg.data.text_column
-    _require(ds, text_col, "data.text_column", what)
-    _require(ds, c.text_pair_column, "classify.text_pair_column", what)
-    _require(ds, c.label_column, "classify.label_column", what)
-    index = {name: i for i, name in enumerate(labels)}
-    unseen = sorted({str(v).strip() for v in ds.unique(c.label_column)} - set(index))
-    if unseen:
-        raise DataError(f"{what} has labels the training data never had ({', '.join(unseen[:5])}): "
-                        f"use data with the labels {', '.join(labels[:10])}")
+    require_column(ds, text_col, "data.text_column", what)
+    require_column(ds, c.text_pair_column, "classify.text_pair_column", what)
+    if labels is not None:
+        require_column(ds, c.label_column, "classify.label_column", what)
+        index = {name: i for i, name in enumerate(labels)}
+        unseen = sorted({str(v).strip() for v in ds.unique(c.label_column)} - set(index))
+        if unseen:
+            raise DataError(f"{what} has labels the training data never had ({', '.join(unseen[:5])}): "
+                            f"use data with the labels {', '.join(labels[:10])}")
     max_len = cfg.model.block_size
     bert = is_bert_tokenizer(tok)
     eot = tok.token_to_id(EOT)
@@ -76,8 +80,10 @@ def encode_table(ds: datasets.Dataset, tok: Tokenizer, cfg: Config, labels: list
             eb = [e.ids for e in tok.encode_batch(b, add_special_tokens=False)] if b else [None] * len(a)
             ids = [_join_gpt(x, y, eot, max_len) for x, y in zip(ea, eb)]
             seg = [[0] * len(x) for x in ids]
-        return {"input_ids": ids, "segment_ids": seg,
-                "label_id": [index[str(v).strip()] for v in batch[c.label_column]]}
+        out = {"input_ids": ids, "segment_ids": seg}
+        if labels is not None:
+            out["label_id"] = [index[str(v).strip()] for v in batch[c.label_column]]
+        return out
 
     out = ds.map(encode, batched=True, remove_columns=ds.column_names, desc="encoding")
     if len(out) == 0:
@@ -103,18 +109,11 @@ class PadCollator:
         self.pad_id, self.left = pad_id, side == "left"
 
     def __call__(self, examples: list[dict]) -> dict[str, torch.Tensor]:
-        T = max(len(e["input_ids"]) for e in examples)
-        ids = torch.full((len(examples), T), self.pad_id, dtype=torch.long)  # (B, T)
-        seg, mask = torch.zeros_like(ids), torch.zeros_like(ids)
-        for i, e in enumerate(examples):
-            n = len(e["input_ids"])
-            cols = slice(T - n, T) if self.left else slice(0, n)
-            ids[i, cols] = torch.as_tensor(e["input_ids"])
-            seg[i, cols] = torch.as_tensor(e["segment_ids"])
-            mask[i, cols] = 1
-        batch = {"input_ids": ids, "attention_mask": mask, "labels": torch.tensor([e["label_id"] for e in examples])}
-        if any(e["segment_ids"] and max(e["segment_ids"]) for e in examples):
-            batch["segment_ids"] = seg
+        batch = pad_examples(examples, self.pad_id, self.left)
+        if not batch["segment_ids"].any():  # single sentences: the model's default segment 0
+            del batch["segment_ids"]
+        if "label_id" in examples[0]:
+            batch["labels"] = torch.tensor([e["label_id"] for e in examples])
         return batch
 
 
@@ -129,6 +128,6 @@ def iter_table_texts(ds: datasets.Dataset, cfg: Config):
     """Texts of the training table, for training a tokenizer when fine-tuning from scratch."""
     cols = [cfg.data.text_column] + ([cfg.classify.text_pair_column] if cfg.classify.text_pair_column else [])
     for col in cols:
-        _require(ds, col, "data.text_column" if col == cfg.data.text_column else "classify.text_pair_column", "data.train_files")
+        require_column(ds, col, "data.text_column" if col == cfg.data.text_column else "classify.text_pair_column", "data.train_files")
         for rows in ds.select_columns([col]).iter(batch_size=1000):
             yield from (str(t) for t in rows[col])

@@ -17,8 +17,8 @@ import torch
 from tokenizers import Tokenizer
 
 from minilm.config import DataConfig
+from minilm.data.batch import IGNORE, Shuffled, pad_examples
 from minilm.errors import DataError
-from minilm.heads import IGNORE
 from minilm.tokenizer import BERT_SPECIALS, CLS, MASK, PAD, SEP
 
 # a sentence ends at . ! or ? (optionally followed by a closing quote) before whitespace and a capital/quote
@@ -102,23 +102,6 @@ def nsp_pairs(docs: list[list[list[int]]], max_len: int, short_seq_prob: float, 
     return out
 
 
-class Shuffled(torch.utils.data.Dataset):
-    """A seeded new order each epoch; the same (seed, epoch) always gives the same order, so resume is exact."""
-
-    def __init__(self, data: torch.utils.data.Dataset, seed: int):
-        self.data, self.seed = data, seed
-        self.set_epoch(0)
-
-    def set_epoch(self, epoch: int) -> None:
-        self.order = np.random.default_rng([self.seed, epoch]).permutation(len(self.data))
-
-    def __len__(self) -> int:
-        return len(self.data)
-
-    def __getitem__(self, i: int) -> dict:
-        return self.data[int(self.order[i])]
-
-
 class PairDataset(torch.utils.data.Dataset):
     """NSP examples as [CLS] A [SEP] B [SEP] with segment ids 0/1 and the next-sentence label."""
 
@@ -169,14 +152,9 @@ class MaskingCollator:
         self.fixed = fixed
 
     def __call__(self, examples: list[dict]) -> dict[str, torch.Tensor]:
-        T = max(len(e["input_ids"]) for e in examples)
-        ids = torch.full((len(examples), T), self.pad, dtype=torch.long)  # (B, T) right-padded
-        seg = torch.zeros_like(ids)
-        for i, e in enumerate(examples):
-            ids[i, : len(e["input_ids"])] = torch.as_tensor(e["input_ids"])
-            if "segment_ids" in e:
-                seg[i, : len(e["segment_ids"])] = torch.as_tensor(e["segment_ids"])
-        attention = (ids != self.pad).long()
+        batch = pad_examples(examples, self.pad)  # right-padded
+        ids, attention = batch["input_ids"], batch["attention_mask"]  # (B, T) each
+        T = ids.size(1)
         if self.fixed:  # each example's draws depend on its own tokens only, not on the batch it is in
             p_choose, roll = torch.ones(len(examples), T), torch.ones(len(examples), T)
             random_ids = torch.full((len(examples), T), self.pad, dtype=torch.long)
@@ -193,9 +171,7 @@ class MaskingCollator:
         masked[chosen & (roll < 0.8)] = self.mask
         swap = chosen & (roll >= 0.8) & (roll < 0.9)
         masked[swap] = random_ids[swap]
-        batch = {"input_ids": masked, "attention_mask": attention, "labels": labels}
-        if "segment_ids" in examples[0]:
-            batch["segment_ids"] = seg
+        batch.update(input_ids=masked, labels=labels)
         if "next_sentence_label" in examples[0]:
             batch["next_sentence_label"] = torch.tensor([e["next_sentence_label"] for e in examples])
         return batch

@@ -18,11 +18,14 @@ import torch
 from safetensors.torch import save_file
 from tokenizers import Tokenizer
 
-from minilm.checkpoint import CONFIG_FILE, MODEL_FILE, TOKENIZER_FILE, load_run, read_config, read_tokenizer
 from minilm.config import ModelConfig
 from minilm.errors import CheckpointError
 from minilm.hf import bert, gpt2
-from minilm.hf.files import State, hf_tokenizer, read_weights, read_json, read_safetensors, tokenizer_config, wordpiece_vocab
+from minilm.hf.files import hf_tokenizer, read_json, read_weights, tokenizer_config, wordpiece_vocab
+from minilm.run import load_run, read_config, read_tokenizer
+from minilm.runfiles import CONFIG_FILE, MODEL_FILE, TOKENIZER_FILE, State, check_state, read_safetensors, shapes
+from minilm.tasks import Source, get_task
+from minilm.tokenizer import check_vocab
 
 # kind -> (check the config before loading weights, build config.json + weights)
 _EXPORTERS: dict[str, tuple[Callable[[ModelConfig], None],
@@ -79,28 +82,12 @@ def export_hf(run_dir: Path, out_dir: Path) -> None:
         raise
 
 
-# Hugging Face model_type -> importer
-_IMPORTERS: dict[str, Callable[[dict[str, Any], State, Path], tuple[ModelConfig, State]]] = {
-    "gpt2": gpt2.load, "bert": bert.load}
+# Hugging Face model_type -> (importer, the task its weights serve)
+_IMPORTERS: dict[str, tuple[Callable[[dict[str, Any], State, Path], tuple[ModelConfig, State]], str]] = {
+    "gpt2": (gpt2.load, "causal_lm"), "bert": (bert.load, "masked_lm")}
 
 
-def _check_state(cfg: ModelConfig, state: State, where: Path) -> None:
-    """Names and shapes must be exactly what build_model(cfg) expects (checked on the meta device: no memory)."""
-    from minilm.heads import build_model
-
-    with torch.device("meta"):
-        want = {k: tuple(v.shape) for k, v in build_model(cfg).state_dict().items()}
-    missing, unexpected = sorted(set(want) - set(state)), sorted(set(state) - set(want))
-    if missing or unexpected:
-        raise CheckpointError(f"{str(where)!r}: weights do not match the config (missing {missing[:3]}, "
-                              f"unexpected {unexpected[:3]}): restore the files written together")
-    for k, shape in want.items():
-        if tuple(state[k].shape) != shape:
-            raise CheckpointError(f"{str(where)!r}: {k} has shape {tuple(state[k].shape)} but the config implies "
-                                  f"{shape}: restore the files written together")
-
-
-def load_pretrained(path: Path) -> tuple[ModelConfig, State, Tokenizer]:
+def load_pretrained(path: str | Path) -> Source:
     """Config, weights (our names) and tokenizer of a minilm run directory or a local Hugging Face GPT-2 / BERT folder."""
     path = Path(path)
     if not path.is_dir():
@@ -111,7 +98,8 @@ def load_pretrained(path: Path) -> tuple[ModelConfig, State, Tokenizer]:
                               "folder")
     raw = read_json(path / CONFIG_FILE)
     if isinstance(raw.get("model"), dict):  # a minilm run: its config has sections
-        cfg = read_config(path).model
+        run_cfg = read_config(path)
+        cfg, task = run_cfg.model, run_cfg.train.task
         if not (path / MODEL_FILE).is_file():
             raise CheckpointError(f"{str(path)!r} has no {MODEL_FILE}: the run saved no weights (did training finish?)")
         state = read_safetensors(path / MODEL_FILE)
@@ -121,10 +109,12 @@ def load_pretrained(path: Path) -> tuple[ModelConfig, State, Tokenizer]:
         if model_type not in _IMPORTERS:
             raise CheckpointError(f"{str(path)!r} holds a model_type={model_type!r} model: "
                                   f"only {', '.join(_IMPORTERS)} Hugging Face folders (or minilm runs) can be loaded")
-        cfg, state = _IMPORTERS[model_type](raw, read_weights(path), path)
+        importer, task = _IMPORTERS[model_type]
+        cfg, state = importer(raw, read_weights(path), path)
         tok = hf_tokenizer(path, model_type)
-        if tok.get_vocab_size() > cfg.vocab_size:
-            raise CheckpointError(f"{str(path)!r}: the tokenizer has {tok.get_vocab_size()} tokens but the model only "
-                                  f"{cfg.vocab_size}: use the tokenizer saved with this model")
-    _check_state(cfg, state, path)
-    return cfg, state, tok
+        check_vocab(tok, cfg.vocab_size, f"{str(path)!r}: the tokenizer", "use the tokenizer saved with this model",
+                    CheckpointError)
+    with torch.device("meta"):  # the names and shapes the task model expects, without allocating
+        want = shapes(get_task(task).model(cfg))
+    check_state(want, state, repr(str(path)), "restore the files written together")
+    return Source(task, cfg, state, tok)

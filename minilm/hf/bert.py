@@ -10,10 +10,11 @@ from typing import Any
 import torch
 from tokenizers import Tokenizer
 
-from minilm.checkpoint import CONFIG_FILE
-from minilm.config import _BERT, ModelConfig
+from minilm.runfiles import CONFIG_FILE
+from minilm.config import BERT_ARCH, ModelConfig
 from minilm.errors import CheckpointError, ConfigError
-from minilm.hf.files import ACT_IN, State
+from minilm.hf.files import ACT_IN
+from minilm.runfiles import State
 from minilm.tokenizer import PAD
 
 # Our module names inside blocks.{i} -> BERT's inside encoder.layer.{i}; all nn.Linear / LayerNorm with the same
@@ -141,7 +142,7 @@ def load(raw: dict[str, Any], hf_state: State, where: Path) -> tuple[ModelConfig
                                   f"only BERT models with {key}={ok!r} can be loaded")
     try:  # defaults are BertConfig's: files saved by transformers may leave them out
         n_embd, inner = int(raw.get("hidden_size", 768)), int(raw.get("intermediate_size", 3072))
-        cfg = ModelConfig(**{**_BERT, "vocab_size": int(raw.get("vocab_size", 30522)),
+        cfg = ModelConfig(**{**BERT_ARCH, "vocab_size": int(raw.get("vocab_size", 30522)),
                              "block_size": int(raw.get("max_position_embeddings", 512)),
                              "n_layer": int(raw.get("num_hidden_layers", 12)),
                              "n_head": int(raw.get("num_attention_heads", 12)), "n_embd": n_embd,

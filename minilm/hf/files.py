@@ -6,16 +6,11 @@ import json
 from pathlib import Path
 from typing import Any
 
-import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file
-from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
+from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers
 
-from minilm.checkpoint import MODEL_FILE, TOKENIZER_FILE
 from minilm.errors import CheckpointError
-from minilm.tokenizer import BERT_SPECIALS, CLS, EOT, MASK, PAD, SEP, UNK, load_tokenizer
-
-State = dict[str, torch.Tensor]
+from minilm.runfiles import MODEL_FILE, TOKENIZER_FILE, State, read_safetensors
+from minilm.tokenizer import BERT_SPECIALS, CLS, EOT, MASK, PAD, SEP, UNK, bert_post_processor, load_tokenizer
 
 # Hugging Face activation names -> ours: "gelu_new", "gelu_fast" and "gelu_pytorch_tanh" are the same tanh approximation
 ACT_IN = {"gelu_new": "gelu_tanh", "gelu_fast": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "gelu": "gelu"}
@@ -29,13 +24,6 @@ def read_json(path: Path) -> dict[str, Any]:
     if not isinstance(raw, dict):
         raise CheckpointError(f"{str(path)!r} must hold a JSON object: restore it from its source")
     return raw
-
-
-def read_safetensors(path: Path) -> State:
-    try:
-        return load_file(str(path))
-    except (SafetensorError, OSError, ValueError) as e:
-        raise CheckpointError(f"{str(path)!r} is not a readable safetensors file ({e}): it may be truncated") from e
 
 
 def read_weights(folder: Path) -> State:
@@ -82,9 +70,7 @@ def _bert_vocab_tokenizer(folder: Path) -> Tokenizer:
     cls, sep = specials[CLS], specials[SEP]
     if tok.token_to_id(cls) is None or tok.token_to_id(sep) is None:
         raise CheckpointError(f"{str(vocab)!r} lacks {cls} or {sep}: give the vocab.txt of a BERT model")
-    tok.post_processor = processors.TemplateProcessing(  # [CLS] A [SEP] B [SEP], segment ids 0 0 0 1 1
-        single=f"{cls} $A {sep}", pair=f"{cls} $A {sep} $B:1 {sep}:1",
-        special_tokens=[(cls, tok.token_to_id(cls)), (sep, tok.token_to_id(sep))])
+    tok.post_processor = bert_post_processor(tok, cls, sep)
     return tok
 
 

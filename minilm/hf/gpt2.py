@@ -8,10 +8,11 @@ from typing import Any
 import torch
 from tokenizers import Tokenizer
 
-from minilm.checkpoint import CONFIG_FILE
+from minilm.runfiles import CONFIG_FILE
 from minilm.config import ModelConfig
 from minilm.errors import CheckpointError, ConfigError
-from minilm.hf.files import ACT_IN, State
+from minilm.hf.files import ACT_IN
+from minilm.runfiles import State
 from minilm.tokenizer import EOT
 
 # Our module names inside blocks.{i} -> GPT-2's inside h.{i}. GPT-2's Conv1D stores (in, out): the

@@ -1,0 +1,75 @@
+"""Evaluation: run a task model over a loader and turn what its head reports into metrics.
+
+A head reports `Sums` (per-example totals and counts, averaged over the whole set here) and, for classifiers,
+(predictions, targets), which become accuracy, F1, macro-F1, MCC and a confusion matrix.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+
+from minilm.heads import TaskOutput
+from minilm.metrics import classification_metrics, confusion
+
+
+@dataclass
+class Evaluation:
+    metrics: dict[str, float]  # "val_"-prefixed, as logged
+    confusion: np.ndarray | None = None  # classifiers: (num_labels, num_labels), row = true label
+
+
+class Accumulator:
+    """Sums over an evaluation, gathered across processes (accelerate drops the samples repeated to even out
+    the last batch)."""
+
+    def __init__(self, accelerator: Accelerator):
+        self.accelerator = accelerator
+        self.totals: dict[str, float] = {}
+        self.counts: dict[str, float] = {}
+        self.preds: list[torch.Tensor] = []
+        self.targets: list[torch.Tensor] = []
+
+    def _gather(self, t: torch.Tensor) -> torch.Tensor:
+        return self.accelerator.gather_for_metrics(t.detach())
+
+    def add(self, out: TaskOutput) -> None:
+        for name, s in out.metrics.items():
+            self.totals[name] = self.totals.get(name, 0.0) + self._gather(s.total).float().sum().item()
+            self.counts[name] = self.counts.get(name, 0.0) + self._gather(s.count).float().sum().item()
+        if out.predictions is not None:
+            preds, targets = out.predictions
+            self.preds.append(self._gather(preds).cpu())
+            self.targets.append(self._gather(targets).cpu())
+
+    def result(self, num_labels: int, perplexity: bool) -> Evaluation:
+        values = {k: self.totals[k] / max(self.counts[k], 1.0) for k in self.totals}
+        matrix = None
+        if self.preds:
+            preds, targets = torch.cat(self.preds).numpy(), torch.cat(self.targets).numpy()
+            values.update(classification_metrics(preds, targets, num_labels))
+            matrix = confusion(preds, targets, num_labels)
+        if perplexity and "loss" in values:
+            values["ppl"] = math.exp(min(values["loss"], 50.0))
+        return Evaluation({f"val_{k}": v for k, v in values.items()}, matrix)
+
+
+@torch.no_grad()
+def evaluate(model: torch.nn.Module, loader, accelerator: Accelerator, max_batches: int = 0,
+             perplexity: bool = False) -> Evaluation:
+    """Metrics over `loader` (its first `max_batches` batches when that is > 0); the model is left in train mode.
+
+    perplexity: also report exp(loss), for language models whose loss is a mean over tokens.
+    """
+    model.eval()
+    acc = Accumulator(accelerator)
+    for i, batch in enumerate(loader):
+        if max_batches and i >= max_batches:
+            break
+        acc.add(model(**batch))
+    model.train()
+    return acc.result(accelerator.unwrap_model(model).cfg.num_labels, perplexity)

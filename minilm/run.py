@@ -1,0 +1,221 @@
+"""The run directory: what `sample`, `eval` and `export` need, and the training state `resume` continues from.
+
+    RUN_DIR/config.json        the full Config (model, tokenizer, data, train, log)
+    RUN_DIR/tokenizer.json     the tokenizer
+    RUN_DIR/model.safetensors  the weights (the latest, or with train.best_metric the best evaluation)
+    RUN_DIR/state/             accelerate.save_state (weights, optimizer, RNG states) + progress.json
+    RUN_DIR/metrics.jsonl      one JSON record per log line and evaluation
+
+Files are written through runfiles (temporary name, fsync, rename) and `state/` is swapped in as a whole, so a
+crash in the middle of a save leaves the previous checkpoint loadable.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import pickle
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import load as accelerate_load
+from tokenizers import Tokenizer
+
+from minilm import runfiles
+from minilm.config import Config, config_from_dict
+from minilm.errors import CheckpointError, ConfigError
+from minilm.report import MetricsLog
+from minilm.runfiles import CONFIG_FILE, METRICS_FILE, MODEL_FILE, PROGRESS_FILE, STATE_DIR, TOKENIZER_FILE
+from minilm.tasks import build_model, get_task
+from minilm.tokenizer import check_vocab, load_tokenizer
+
+
+@dataclass
+class Progress:
+    """Where training stands; saved with every checkpoint as state/progress.json."""
+
+    step: int = 0  # optimizer steps done
+    epoch: int = 0  # passes over the training data completed
+    micro_batches: int = 0  # batches consumed (grad_accum per step): the position in the data
+    best: float | None = None  # the best value of train.best_metric so far
+    since_best: int = 0  # evaluations since it last improved (early stopping)
+    skipped: int = 0  # steps skipped for a non-finite loss or gradient
+
+    @classmethod
+    def read(cls, state: Path) -> Progress:
+        path = state / PROGRESS_FILE
+        try:
+            raw = json.loads(path.read_text(encoding="utf-8"))
+            return cls(**raw)
+        except (OSError, json.JSONDecodeError, TypeError) as e:
+            raise CheckpointError(f"{str(path)!r} is unreadable ({e}): resume from an intact run") from e
+
+
+def read_config(run_dir: Path) -> Config:
+    path = Path(run_dir) / CONFIG_FILE
+    if not path.is_file():
+        raise CheckpointError(f"{str(run_dir)!r} is not a minilm run directory (no {CONFIG_FILE}): give a run's out_dir")
+    try:
+        cfg = config_from_dict(json.loads(path.read_text(encoding="utf-8")))
+        get_task(cfg.train.task).check_model(cfg.model)
+        return cfg
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{str(path)!r} is not valid JSON: restore it from the run that wrote it") from e
+    except ConfigError as e:
+        raise CheckpointError(f"{str(path)!r}: {e}") from e
+
+
+def read_tokenizer(run_dir: Path, vocab_size: int) -> Tokenizer:
+    tok = load_tokenizer(Path(run_dir) / TOKENIZER_FILE)
+    check_vocab(tok, vocab_size, repr(str(Path(run_dir) / TOKENIZER_FILE)),
+                "use the tokenizer.json written with this model", CheckpointError)
+    return tok
+
+
+def load_weights(model: torch.nn.Module, path: Path) -> None:
+    """Load safetensors weights, refusing any name or shape mismatch with one clear line."""
+    if not path.is_file():
+        raise CheckpointError(f"{str(path)!r} is missing: the run directory holds no weights (was training finished?)")
+    state = runfiles.read_safetensors(path)
+    runfiles.check_state(runfiles.shapes(model), state, repr(str(path)), "use the config.json written with these weights")
+    model.load_state_dict(state)
+
+
+def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> tuple[Config, torch.nn.Module, Tokenizer]:
+    """The config, task model (in eval mode) and tokenizer saved in a run directory."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise CheckpointError(f"run directory {str(run_dir)!r} does not exist: give the out_dir of a training run")
+    cfg = read_config(run_dir)
+    model = build_model(cfg)
+    load_weights(model, run_dir / MODEL_FILE)
+    tok = read_tokenizer(run_dir, cfg.model.vocab_size)
+    return cfg, model.to(device).eval(), tok
+
+
+class RunDir:
+    """A training run's directory: created once, checkpointed at evaluations, continued by resume."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.metrics = MetricsLog(self.path / METRICS_FILE, enabled=False)  # enabled on the main process
+        self.new = False  # created by this process and not yet holding a checkpoint
+
+    def _has_state(self) -> bool:
+        return any((self.path / name / PROGRESS_FILE).exists() for name in (STATE_DIR, f"{STATE_DIR}.old"))
+
+    def check(self, resume: bool) -> None:
+        """Before any work: a new run never reuses a directory that holds a run; resume needs one."""
+        if resume and not ((self.path / CONFIG_FILE).exists() and self._has_state()):
+            raise CheckpointError(f"train.resume=true but {str(self.path)!r} holds no saved training state: "
+                                  "start without resume")
+        if not resume and self.path.exists() and any(self.path.iterdir()):
+            raise CheckpointError(f"out_dir {str(self.path)!r} already exists and is not empty: pass "
+                                  "train.resume=true to continue it, or choose another train.out_dir")
+
+    def resumed_config(self, cfg: Config) -> Config:
+        """cfg with the saved run's resolved model (vocabulary, labels, init_from's architecture) and labels."""
+        saved = read_config(self.path)
+        if cfg.model.init_from:  # the architecture came from init_from, not from the model section
+            same = saved.model.init_from == cfg.model.init_from
+        else:
+            same = saved.model == dataclasses.replace(cfg.model, vocab_size=saved.model.vocab_size,
+                                                      num_labels=saved.model.num_labels)
+        if not same or saved.train.task != cfg.train.task:
+            raise ConfigError(f"the model section or train.task differs from the one saved in {str(self.path)!r}: "
+                              "resume with the same config")
+        return dataclasses.replace(cfg, model=saved.model, classify=saved.classify)
+
+    def create(self, cfg: Config, tok: Tokenizer) -> None:
+        """A new run's directory with its config.json and tokenizer.json (main process)."""
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            probe = self.path / ".write-test"
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as e:
+            raise CheckpointError(f"cannot write to train.out_dir={str(self.path)!r} ({e.strerror or e}): "
+                                  "choose a writable directory") from e
+        self.new = True
+        runfiles.write_json(self.path / CONFIG_FILE, cfg.to_dict())
+        tok.save(str(self.path / TOKENIZER_FILE))
+
+    def state_dir(self) -> Path:
+        """The newest complete training state (a crash during the swap leaves only the .old one)."""
+        for path in (self.path / STATE_DIR, self.path / f"{STATE_DIR}.old"):
+            if (path / PROGRESS_FILE).is_file():
+                return path
+        raise CheckpointError(f"{str(self.path)!r} holds no complete training state: start a new run instead of resuming")
+
+    def load_state(self, accelerator: Accelerator) -> Progress:
+        """Restore weights, optimizer and RNG states; rewind metrics.jsonl to the checkpoint's step.
+
+        accelerate reads weights from safetensors and everything else with torch.load(weights_only=True), which
+        refuses to run pickled code. Each file is checked that way first: accelerate itself would silently skip
+        an unreadable RNG state, and the resumed run would no longer be exact.
+        """
+        state = self.state_dir()
+        progress = Progress.read(state)
+        try:
+            for path in sorted(state.iterdir()):
+                if path.suffix in (".bin", ".pkl", ".pt"):
+                    accelerate_load(path, map_location="cpu")  # weights_only=True, plus accelerate's numpy allowances
+            accelerator.load_state(str(state))
+        except pickle.UnpicklingError as e:
+            raise CheckpointError(f"{str(state)!r} holds a file that is not plain tensor data (a pickled object that "
+                                  "would run code); it was not loaded: resume only from run directories you trust and "
+                                  "restore the state from the run that wrote it") from e
+        except (OSError, RuntimeError, EOFError, ValueError) as e:
+            raise CheckpointError(f"the training state in {str(state)!r} is unreadable ({str(e).splitlines()[0]}): "
+                                  "resume from an intact run or start a new one") from e
+        self.metrics.rewind(progress.step)  # those steps run again
+        return progress
+
+    def save(self, accelerator: Accelerator, model: torch.nn.Module, progress: Progress, weights: bool = True) -> None:
+        """Weights for sample/export (the latest, or the best so far) plus the full training state, each swapped
+        in atomically. Every process takes part."""
+        accelerator.wait_for_everyone()
+        tmp = self.path / f"{STATE_DIR}.tmp"
+        try:
+            if accelerator.is_main_process and tmp.exists():
+                shutil.rmtree(tmp)
+            accelerator.wait_for_everyone()
+            accelerator.save_state(str(tmp))
+            full = accelerator.get_state_dict(model) if weights else None  # under FSDP this gathers the shards
+            if accelerator.is_main_process:
+                if weights:
+                    runfiles.save_weights(full, self.path / MODEL_FILE)
+                swap_in_state(self.path, tmp, progress)
+        except OSError as e:  # a full disk or a directory made read-only: the previous checkpoint is still whole
+            if accelerator.is_main_process:
+                shutil.rmtree(tmp, ignore_errors=True)
+            raise CheckpointError(f"could not write a checkpoint in {str(self.path)!r} ({e.strerror or e}): free disk "
+                                  "space or make the directory writable, then resume; the previous checkpoint is "
+                                  "intact") from e
+        self.new = False  # the directory now holds a checkpoint worth keeping
+        accelerator.wait_for_everyone()
+
+    def discard_if_new(self) -> None:
+        """A new run that failed before its first checkpoint leaves nothing behind."""
+        if self.new:
+            shutil.rmtree(self.path, ignore_errors=True)
+
+
+def swap_in_state(run_dir: Path, tmp: Path, progress: Progress) -> None:
+    """Make the freshly written `tmp` the current state; keep the previous one until that is done."""
+    runfiles.write_json(tmp / PROGRESS_FILE, dataclasses.asdict(progress))
+    cur, old = run_dir / STATE_DIR, run_dir / f"{STATE_DIR}.old"
+    if old.exists() and (cur / PROGRESS_FILE).is_file():
+        shutil.rmtree(old)
+    if cur.exists():
+        if old.exists():
+            shutil.rmtree(cur)  # cur is incomplete: old is the good one
+        else:
+            os.replace(cur, old)
+    os.replace(tmp, cur)
+    runfiles.fsync_dir(run_dir)
+    shutil.rmtree(old, ignore_errors=True)

@@ -1,0 +1,37 @@
+"""The task registry: what `train.task` can name. A task is one entry here plus its module, which says how
+its data, collators, model and evaluation are built (see tasks/base.py for the Task record).
+
+    causal_lm   GPT pretraining: packed blocks, next-token loss, perplexity
+    masked_lm   BERT pretraining: NSP sentence pairs (or packed blocks), dynamic masking
+    classify    a classifier over a BERT or GPT stack, on labelled tables
+"""
+
+from __future__ import annotations
+
+import torch
+from tokenizers import Tokenizer
+
+from minilm.config import Config, ModelConfig
+from minilm.errors import ConfigError
+from minilm.tasks import causal_lm, classify, masked_lm
+from minilm.tasks.base import Source, Task, TaskData
+
+TASKS: dict[str, Task] = {t.TASK.name: t.TASK for t in (causal_lm, masked_lm, classify)}
+
+__all__ = ["TASKS", "Source", "Task", "TaskData", "build_model", "get_task", "prepare"]
+
+
+def get_task(name: str) -> Task:
+    if name not in TASKS:
+        raise ConfigError(f"train.task={name!r} is not a task; choose one of: {', '.join(TASKS)}")
+    return TASKS[name]
+
+
+def build_model(cfg: Config, model: ModelConfig | None = None) -> torch.nn.Module:
+    """The task model cfg trains (over `model` instead of cfg.model when given)."""
+    return get_task(cfg.train.task).model(model or cfg.model)
+
+
+def prepare(cfg: Config, tok: Tokenizer | None = None, source: Source | None = None) -> TaskData:
+    """The data side of cfg's task: tokenizer (given, or got as the task does), datasets and collators."""
+    return get_task(cfg.train.task).prepare(cfg, tok, source)

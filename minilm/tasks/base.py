@@ -1,0 +1,106 @@
+"""What a task is, and what every task's preparation shares: the tokenizer, the vocabulary size, init_from."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from tokenizers import Tokenizer
+
+from minilm.config import Config, ModelConfig
+from minilm.errors import ConfigError
+from minilm.tokenizer import check_vocab, load_tokenizer, train_tokenizer
+
+State = dict[str, torch.Tensor]
+Collate = Callable[[list[dict]], dict[str, torch.Tensor]]
+
+
+@dataclass(frozen=True)
+class Source:
+    """The pretrained model model.init_from names (a minilm run or a Hugging Face folder)."""
+
+    task: str  # the task its weights were trained for
+    model: ModelConfig
+    state: State
+    tokenizer: Tokenizer
+
+
+@dataclass
+class TaskData:
+    cfg: Config  # with model.vocab_size (and, for classification, the labels) filled in
+    tokenizer: Tokenizer
+    train: torch.utils.data.Dataset  # has set_epoch(epoch): a new seeded order each epoch
+    val: torch.utils.data.Dataset
+    collate: Collate | None = None  # batches the training examples (None: default stacking)
+    val_collate: Collate | None = None  # batches the validation examples
+    init_state: State | None = None  # weights from model.init_from, for the parts this task keeps
+
+
+@dataclass(frozen=True)
+class Task:
+    """One entry of the registry (minilm/tasks/__init__.py): how a task's data, model and evaluation are built."""
+
+    name: str
+    model: Callable[[ModelConfig], torch.nn.Module]  # the task model over the shared stack
+    # (cfg, the tokenizer to use or None to get one, init_from's model or None) -> datasets and collators
+    prepare: Callable[[Config, Tokenizer | None, Source | None], TaskData]
+    # (a run's cfg, its tokenizer, files) -> a dataset and collator for `minilm eval RUN --data FILES`
+    eval_data: Callable[[Config, Tokenizer, list[str]], tuple[torch.utils.data.Dataset, Collate | None]]
+    metrics: Callable[[Config], tuple[str, ...]]  # what an evaluation reports, without the "val_" prefix
+    causal: bool | None = None  # the attention the task needs; None: either
+    perplexity: bool = False  # report exp(loss): the loss is a mean over tokens
+
+    def check(self, cfg: Config) -> None:
+        """Before any work: the config asks for something this task can do."""
+        if cfg.train.best_metric is not None:
+            names = [f"val_{m}" for m in self.metrics(cfg)]
+            if cfg.train.best_metric not in names:
+                raise ConfigError(f"train.best_metric={cfg.train.best_metric!r} is not reported by "
+                                  f"train.task={self.name}: choose one of {', '.join(names)}")
+        if not cfg.model.init_from:  # else the architecture comes from init_from: checked once it is loaded
+            self.check_model(cfg.model)
+
+    def check_model(self, model: ModelConfig) -> None:
+        if self.causal is not None and model.causal != self.causal:
+            other = "causal_lm" if model.causal else "masked_lm"
+            raise ConfigError(f"train.task={self.name} needs model.causal={str(self.causal).lower()}; this model is "
+                              f"{'causal (GPT)' if model.causal else 'bidirectional (BERT)'}: set train.task={other} "
+                              "or classify")
+
+
+def resolve_model(cfg: Config, source: Source | None) -> ModelConfig:
+    """The model section, or with init_from the source's architecture (training settings kept from the config)."""
+    if source is None:
+        return cfg.model
+    src = source.model
+    # a block_size set beyond the source's learned position table cannot be honoured
+    asked = cfg.model.block_size != ModelConfig.block_size
+    if asked and src.position == "learned" and cfg.model.block_size > src.block_size:
+        raise ConfigError(f"model.block_size={cfg.model.block_size} is beyond the position table of "
+                          f"model.init_from ({src.block_size} positions): set model.block_size={src.block_size} "
+                          "or less")
+    keep = {f: getattr(cfg.model, f) for f in ("dropout", "gradient_checkpointing", "init_from", "classifier_dropout")}
+    return dataclasses.replace(src, **keep, num_labels=0)
+
+
+def choose_tokenizer(cfg: Config, given: Tokenizer | None, source: Source | None, texts) -> Tokenizer:
+    """The given one (resume, or the one the main process trained) > init_from's > tokenizer.path > one trained
+    on the training texts."""
+    if given is not None:
+        return given
+    if source is not None:
+        return source.tokenizer
+    if cfg.tokenizer.path:
+        return load_tokenizer(cfg.tokenizer.path)
+    return train_tokenizer(cfg.tokenizer, texts)
+
+
+def with_vocab(cfg: Config, model: ModelConfig, tok: Tokenizer) -> Config:
+    """cfg with `model` as its model section, its vocab_size taken from the tokenizer when unset."""
+    if not model.vocab_size:
+        model = dataclasses.replace(model, vocab_size=tok.get_vocab_size())
+    check_vocab(tok, model.vocab_size, "the tokenizer", "raise model.vocab_size or set it to 0 (take the tokenizer's)")
+    return dataclasses.replace(cfg, model=model)
+
