@@ -253,3 +253,34 @@ def test_every_shipped_config_loads_and_names_shipped_data(path):
     root = TINY_YAML.parent.parent
     for pattern in [*cfg.data.train_files, *cfg.data.val_files]:
         assert (root / pattern).exists(), f"{path.name}: {pattern} is not in the repository"
+
+
+# ---------------------------------------------------------------------------------------------
+# train.task: one key picks the task; configs and run directories written before it keep their meaning
+
+
+@pytest.mark.parametrize("preset,task", [(None, "causal_lm"), ("bert-tiny", "masked_lm")])
+@pytest.mark.parametrize("written", [None, "pretrain"], ids=["unset", "old-name"])
+def test_a_pretraining_config_without_a_task_name_gets_its_models_task(preset, task, written):
+    extra = ([f"model.preset={preset}", "tokenizer.kind=wordpiece"] if preset else []) + (
+        [f"train.task={written}"] if written else [])
+    cfg = build(*extra)
+    assert cfg.train.task == task
+    assert config_from_dict(cfg.to_dict()).train.task == task  # and config.json names it
+
+
+@pytest.mark.parametrize("path", sorted((TINY_YAML.parent).glob("*.yaml")), ids=lambda p: p.stem)
+def test_every_shipped_config_names_a_registered_task_its_model_fits(path):
+    from minilm.tasks import TASKS
+
+    cfg = load_config(path)
+    assert cfg.train.task in TASKS
+    TASKS[cfg.train.task].check(cfg)
+
+
+def test_the_task_must_fit_the_attention():
+    from minilm.tasks import get_task
+
+    cfg = build("train.task=causal_lm", "model.preset=bert-tiny", "tokenizer.kind=wordpiece")
+    with pytest.raises(ConfigError, match="train.task=causal_lm needs model.causal=true.*train.task=masked_lm"):
+        get_task(cfg.train.task).check(cfg)

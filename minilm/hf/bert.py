@@ -10,11 +10,10 @@ from typing import Any
 import torch
 from tokenizers import Tokenizer
 
-from minilm.runfiles import CONFIG_FILE
 from minilm.config import BERT_ARCH, ModelConfig
 from minilm.errors import CheckpointError, ConfigError
-from minilm.hf.files import ACT_IN
-from minilm.runfiles import State
+from minilm.hf.files import activation, plain, refuse_settings, take
+from minilm.runfiles import CONFIG_FILE, State
 from minilm.tokenizer import PAD
 
 # Our module names inside blocks.{i} -> BERT's inside encoder.layer.{i}; all nn.Linear / LayerNorm with the same
@@ -99,7 +98,7 @@ def export(cfg: ModelConfig, model: torch.nn.Module, tok: Tokenizer) -> tuple[di
         # the decoder is tied to the word embeddings and shares the output bias; written for loaders that do not tie
         tensors["cls.predictions.bias"] = tensors["cls.predictions.decoder.bias"] = own["mlm.bias"]
         tensors["cls.predictions.decoder.weight"] = own["transformer.tok_emb.weight"]
-    tensors = {k: v.detach().cpu().clone().contiguous() for k, v in tensors.items()}  # no shared storage
+    tensors = plain(tensors)
     arch = "BertForSequenceClassification" if classifier else "BertForPreTraining"
     config = {
         "model_type": "bert", "architectures": [arch],
@@ -125,21 +124,10 @@ def _fresh_heads(cfg: ModelConfig, groups: list[str]) -> State:
     return {f"{g}.{k}": v for g in groups for k, v in modules[g].state_dict().items()}
 
 
-def load(raw: dict[str, Any], hf_state: State, where: Path) -> tuple[ModelConfig, State]:
-    """Our ModelConfig and MaskedLM state dict from a BERT config.json and weights.
-
-    BertModel / BertForPreTraining / BertForMaskedLM / BertForSequenceClassification folders all load: heads the
-    folder lacks (pooler, MLM, NSP) start from a fresh initialization, fine-tuning heads (classifier) are ignored.
-    """
-    act = raw.get("hidden_act", "gelu")
-    if act not in ACT_IN:
-        raise CheckpointError(f"{str(where)!r}: hidden_act={act!r} is not supported: "
-                              f"minilm models use one of {', '.join(ACT_IN)}")
-    for key, ok in (("position_embedding_type", "absolute"), ("is_decoder", False), ("add_cross_attention", False),
-                    ("tie_word_embeddings", True)):
-        if raw.get(key, ok) != ok:
-            raise CheckpointError(f"{str(where)!r}: {key}={raw[key]!r} has no minilm equivalent: "
-                                  f"only BERT models with {key}={ok!r} can be loaded")
+def _config(raw: dict[str, Any], where: Path) -> ModelConfig:
+    act = activation(raw, "hidden_act", "gelu", where)
+    refuse_settings(raw, {"position_embedding_type": "absolute", "is_decoder": False, "add_cross_attention": False,
+                          "tie_word_embeddings": True}, "BERT", where)
     try:  # defaults are BertConfig's: files saved by transformers may leave them out
         n_embd, inner = int(raw.get("hidden_size", 768)), int(raw.get("intermediate_size", 3072))
         cfg = ModelConfig(**{**BERT_ARCH, "vocab_size": int(raw.get("vocab_size", 30522)),
@@ -150,14 +138,18 @@ def load(raw: dict[str, Any], hf_state: State, where: Path) -> tuple[ModelConfig
                              "dropout": float(raw.get("hidden_dropout_prob", 0.1)),
                              "norm_eps": float(raw.get("layer_norm_eps", 1e-12)),
                              "type_vocab_size": int(raw.get("type_vocab_size", 2)),
-                             "activation": ACT_IN[act], "position": "learned"})
+                             "activation": act, "position": "learned"})
         cfg.validate()
         if cfg.type_vocab_size < 1:
             raise ValueError("type_vocab_size must be at least 1")
     except (ConfigError, TypeError, ValueError) as e:
         raise CheckpointError(f"{str(where / CONFIG_FILE)!r} describes no valid BERT model ({e}): restore it") from e
+    return cfg
 
-    # BertModel saves without the `bert.` prefix, the BertFor* models with it; TF-converted files say gamma/beta
+
+def _bert_names(hf_state: State) -> State:
+    """BertForPreTraining's names: BertModel saves without the `bert.` prefix, the BertFor* models with it;
+    TF-converted files say gamma/beta; fine-tuning heads and old buffers are dropped."""
     hf: State = {}
     for k, v in hf_state.items():
         k = k if k.startswith(("bert.", "cls.")) or k.startswith(_BERT_IGNORED) else f"bert.{k}"
@@ -165,28 +157,31 @@ def load(raw: dict[str, Any], hf_state: State, where: Path) -> tuple[ModelConfig
             k = k.rsplit(".", 1)[0] + (".weight" if k.endswith(".gamma") else ".bias")
         if not (k.startswith(_BERT_IGNORED) or k.removeprefix("bert.").endswith(_BERT_BUFFERS)):
             hf[k] = v
+    return hf
 
-    def take(theirs: str) -> torch.Tensor:
-        t = hf.pop(theirs, None)
-        if t is None:
-            raise CheckpointError(f"{str(where)!r} lacks the weight {theirs}: the weights do not match config.json")
-        return t
 
+def _encoder(hf: State, cfg: ModelConfig, where: Path) -> State:
+    """The stack's weights, taken out of `hf`; BERT's separate query / key / value become our fused qkv."""
     state: State = {}
     for ours, theirs, has_bias in _bert_modules(cfg.n_layer):
         for suffix in ("weight", "bias") if has_bias else ("weight",):
-            state[f"{ours}.{suffix}"] = take(f"{theirs}.{suffix}")
+            state[f"{ours}.{suffix}"] = take(hf, f"{theirs}.{suffix}", where)
     for i in range(cfg.n_layer):
         for suffix in ("weight", "bias"):
-            parts = [take(f"bert.encoder.layer.{i}.attention.self.{n}.{suffix}") for n in _BERT_QKV]
+            parts = [take(hf, f"bert.encoder.layer.{i}.attention.self.{n}.{suffix}", where) for n in _BERT_QKV]
             state[f"transformer.blocks.{i}.attn.qkv.{suffix}"] = torch.cat(parts)
+    return state
 
-    # the heads, each as a whole or not at all; the MLM decoder must be the (tied) word embeddings
+
+def _heads(hf: State, embedding: torch.Tensor, where: Path) -> tuple[State, list[str]]:
+    """The pooler, MLM and NSP heads the folder has, each as a whole or not at all, and the names of those it
+    lacks; the MLM decoder must be the (tied) word embeddings."""
     decoder, decoder_bias = hf.pop("cls.predictions.decoder.weight", None), hf.pop("cls.predictions.decoder.bias", None)
-    if decoder is not None and not torch.equal(decoder, state["transformer.tok_emb.weight"]):
+    if decoder is not None and not torch.equal(decoder, embedding):
         raise CheckpointError(f"{str(where)!r}: cls.predictions.decoder.weight differs from the word embeddings, but "
                               "minilm ties them: only BERT models with tied embeddings can be loaded")
     out_bias = hf.pop("cls.predictions.bias", decoder_bias)
+    state: State = {}
     missing = []
     for group, modules in _BERT_HEADS.items():
         names = [(f"{ours}.{s}", f"{theirs}.{s}") for ours, theirs in modules for s in ("weight", "bias")]
@@ -200,6 +195,20 @@ def load(raw: dict[str, Any], hf_state: State, where: Path) -> tuple[ModelConfig
             raise CheckpointError(f"{str(where)!r} lacks the weight {lacking}: the weights do not match config.json")
         else:
             state.update(found)
+    return state, missing
+
+
+def load(raw: dict[str, Any], hf_state: State, where: Path) -> tuple[ModelConfig, State]:
+    """Our ModelConfig and MaskedLM state dict from a BERT config.json and weights.
+
+    BertModel / BertForPreTraining / BertForMaskedLM / BertForSequenceClassification folders all load: heads the
+    folder lacks (pooler, MLM, NSP) start from a fresh initialization, fine-tuning heads (classifier) are ignored.
+    """
+    cfg = _config(raw, where)
+    hf = _bert_names(hf_state)
+    state = _encoder(hf, cfg, where)
+    heads, missing = _heads(hf, state["transformer.tok_emb.weight"], where)
+    state.update(heads)
     if hf:
         raise CheckpointError(f"{str(where)!r} has weights a BERT model lacks ({sorted(hf)[:3]}): give a "
                               "BertModel / BertForPreTraining / BertForMaskedLM folder")

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import torch
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers
 
 from minilm.errors import CheckpointError
@@ -14,6 +15,36 @@ from minilm.tokenizer import BERT_SPECIALS, CLS, EOT, MASK, PAD, SEP, UNK, bert_
 
 # Hugging Face activation names -> ours: "gelu_new", "gelu_fast" and "gelu_pytorch_tanh" are the same tanh approximation
 ACT_IN = {"gelu_new": "gelu_tanh", "gelu_fast": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "gelu": "gelu"}
+
+
+def activation(raw: dict[str, Any], key: str, default: str, where: Path) -> str:
+    """Our activation for a config's `key`, refused with one line when minilm has none like it."""
+    act = raw.get(key, default)
+    if act not in ACT_IN:
+        raise CheckpointError(f"{str(where)!r}: {key}={act!r} is not supported: minilm models use one of "
+                              f"{', '.join(ACT_IN)}")
+    return ACT_IN[act]
+
+
+def refuse_settings(raw: dict[str, Any], required: dict[str, Any], family: str, where: Path) -> None:
+    """Settings minilm has no equivalent for must keep the value that matches ours."""
+    for key, ok in required.items():
+        if raw.get(key, ok) != ok:
+            raise CheckpointError(f"{str(where)!r}: {key}={raw[key]!r} has no minilm equivalent: "
+                                  f"only {family} models with {key}={ok!r} can be loaded")
+
+
+def take(weights: State, name: str, where: Path) -> torch.Tensor:
+    """Remove and return a weight the config says the folder must hold."""
+    t = weights.pop(name, None)
+    if t is None:
+        raise CheckpointError(f"{str(where)!r} lacks the weight {name}: the weights do not match config.json")
+    return t
+
+
+def plain(tensors: State) -> State:
+    """Detached CPU copies that share no storage (safetensors refuses shared tensors)."""
+    return {k: v.detach().cpu().clone().contiguous() for k, v in tensors.items()}
 
 
 def read_json(path: Path) -> dict[str, Any]:

@@ -8,11 +8,10 @@ from typing import Any
 import torch
 from tokenizers import Tokenizer
 
-from minilm.runfiles import CONFIG_FILE
 from minilm.config import ModelConfig
 from minilm.errors import CheckpointError, ConfigError
-from minilm.hf.files import ACT_IN
-from minilm.runfiles import State
+from minilm.hf.files import activation, plain, refuse_settings, take
+from minilm.runfiles import CONFIG_FILE, State
 from minilm.tokenizer import EOT
 
 # Our module names inside blocks.{i} -> GPT-2's inside h.{i}. GPT-2's Conv1D stores (in, out): the
@@ -63,7 +62,7 @@ def export(cfg: ModelConfig, model: torch.nn.Module, tok: Tokenizer) -> tuple[di
         tensors[f"transformer.{theirs}.weight"] = (w.t() if theirs.split(".", 2)[-1] in _CONV1D else w).contiguous()
         if has_bias:  # bias=False is exactly GPT-2 with zero biases
             tensors[f"transformer.{theirs}.bias"] = own.get(f"{ours}.bias", torch.zeros(w.shape[0], dtype=w.dtype))
-    tensors = {k: v.detach().cpu().clone().contiguous() for k, v in tensors.items()}  # no shared storage
+    tensors = plain(tensors)
     eot = tok.token_to_id(EOT)
     config = {
         "model_type": "gpt2", "architectures": ["GPT2LMHeadModel"],
@@ -78,29 +77,26 @@ def export(cfg: ModelConfig, model: torch.nn.Module, tok: Tokenizer) -> tuple[di
     return config, tensors
 
 
-def load(raw: dict[str, Any], hf_state: State, where: Path) -> tuple[ModelConfig, State]:
-    """Our ModelConfig and state dict from a GPT-2 config.json and weights (GPT2Model or GPT2LMHeadModel)."""
-    act = raw.get("activation_function", "gelu_new")
-    if act not in ACT_IN:
-        raise CheckpointError(f"{str(where)!r}: activation_function={act!r} is not supported: "
-                              f"minilm models use one of {', '.join(ACT_IN)}")
-    for key, ok in (("scale_attn_weights", True), ("scale_attn_by_inverse_layer_idx", False),
-                    ("add_cross_attention", False), ("tie_word_embeddings", True)):
-        if raw.get(key, ok) != ok:
-            raise CheckpointError(f"{str(where)!r}: {key}={raw[key]!r} has no minilm equivalent: "
-                                  f"only GPT-2 models with {key}={ok} can be loaded")
+def _config(raw: dict[str, Any], where: Path) -> ModelConfig:
+    act = activation(raw, "activation_function", "gelu_new", where)
+    refuse_settings(raw, {"scale_attn_weights": True, "scale_attn_by_inverse_layer_idx": False,
+                          "add_cross_attention": False, "tie_word_embeddings": True}, "GPT-2", where)
     try:  # defaults are GPT2Config's: files saved by transformers may leave them out
         n_embd, n_inner = int(raw.get("n_embd", 768)), int(raw.get("n_inner") or 0)
         cfg = ModelConfig(vocab_size=int(raw.get("vocab_size", 50257)), block_size=int(raw.get("n_positions", 1024)),
                           n_layer=int(raw.get("n_layer", 12)), n_head=int(raw.get("n_head", 12)),
                           n_embd=n_embd, d_ff=0 if n_inner == 4 * n_embd else n_inner,  # 0 means 4 * n_embd
                           dropout=float(raw.get("resid_pdrop", 0.1)),
-                          norm_eps=float(raw.get("layer_norm_epsilon", 1e-5)),
-                          activation=ACT_IN[act])
+                          norm_eps=float(raw.get("layer_norm_epsilon", 1e-5)), activation=act)
         cfg.validate()
     except (ConfigError, TypeError, ValueError) as e:
         raise CheckpointError(f"{str(where / CONFIG_FILE)!r} describes no valid GPT-2 model ({e}): restore it") from e
+    return cfg
 
+
+def load(raw: dict[str, Any], hf_state: State, where: Path) -> tuple[ModelConfig, State]:
+    """Our ModelConfig and state dict from a GPT-2 config.json and weights (GPT2Model or GPT2LMHeadModel)."""
+    cfg = _config(raw, where)
     # GPT2LMHeadModel prefixes `transformer.`, GPT2Model does not; the masks are buffers, not weights
     hf = {k.removeprefix("transformer."): v for k, v in hf_state.items() if not k.endswith(_GPT2_BUFFERS)}
     head = hf.pop("lm_head.weight", None)
@@ -110,10 +106,7 @@ def load(raw: dict[str, Any], hf_state: State, where: Path) -> tuple[ModelConfig
     state: State = {}
     for ours, theirs, has_bias in _gpt2_modules(cfg.n_layer):
         for suffix in ("weight", "bias") if has_bias else ("weight",):
-            t = hf.pop(f"{theirs}.{suffix}", None)
-            if t is None:
-                raise CheckpointError(f"{str(where)!r} lacks the weight {theirs}.{suffix}: "
-                                      "the weights do not match config.json")
+            t = take(hf, f"{theirs}.{suffix}", where)
             conv = suffix == "weight" and theirs.split(".", 2)[-1] in _CONV1D
             state[f"{ours}.{suffix}"] = t.t().contiguous() if conv and t.dim() == 2 else t
     if hf:
