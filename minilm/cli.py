@@ -33,6 +33,27 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_prepare(args: argparse.Namespace) -> int:
+    from minilm.config import load_config
+    from minilm.tasks import get_task
+    from minilm.tasks.base import prepared_text
+
+    cfg = load_config(args.config, args.overrides)
+    task = get_task(cfg.train.task)
+    task.check(cfg)
+    if not task.reads_prepared(cfg):
+        raise UsageError(f"train.task={task.name} reads its data directly (there is nothing to prepare): "
+                         "run `minilm train` on this config")
+    datasets_quiet()
+    source = None
+    if cfg.model.init_from:  # its tokenizer makes the ids
+        from minilm.hf import load_pretrained
+
+        source = load_pretrained(cfg.model.init_from)
+    prepared_text(cfg, None, source)
+    return 0
+
+
 def datasets_quiet() -> None:
     import datasets
 
@@ -230,6 +251,12 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("config", help="YAML config (see configs/)")
     t.add_argument("overrides", nargs="*", help="dotted overrides such as model.n_layer=4 train.max_steps=200")
     t.set_defaults(func=cmd_train)
+
+    pp = sub.add_parser("prepare", help="tokenize a config's pretraining text into token shards (train does it "
+                                        "too, on first use)")
+    pp.add_argument("config", help="YAML config (see configs/)")
+    pp.add_argument("overrides", nargs="*", help="dotted overrides such as data.train_files=[corpus/]")
+    pp.set_defaults(func=cmd_prepare)
 
     ft = sub.add_parser("finetune", help="fine-tune a classifier from a YAML config")
     ft.add_argument("config")

@@ -100,7 +100,12 @@ class DataConfig:
     val_fraction: float = 0.1
     dataset: str | None = None  # a Hugging Face hub dataset name (needs a network)
     text_column: str = "text"  # the text (for classification: the first text of each example)
-    num_proc: int = 1  # processes for datasets.map tokenization
+    num_proc: int = 1  # processes for datasets.map tokenization (tables, NSP sentences)
+    # Pretraining text is tokenized once into memory-mapped token shards (`minilm prepare`, or the first
+    # `minilm train`), kept here; None: a folder under $MINILM_CACHE (default ~/.cache/minilm) named after
+    # the sources and the tokenizer settings
+    prepared_dir: str | None = None
+    val_tokens: int = 1 << 20  # evaluate on at most this many validation tokens (the first ones); 0: all
     # BERT pretraining (bidirectional models) only:
     mlm_probability: float = 0.15  # share of real tokens chosen for prediction (80 % [MASK], 10 % random, 10 % kept)
     nsp: bool = True  # sentence pairs with next-sentence prediction; false: plain packed blocks, MLM only
@@ -111,6 +116,7 @@ class DataConfig:
         _check(0.0 <= self.short_seq_prob <= 1.0, "data.short_seq_prob", "a number in [0, 1]", self.short_seq_prob)
         _check(0.0 < self.val_fraction < 1.0, "data.val_fraction", "a number strictly between 0 and 1", self.val_fraction)
         _check(self.num_proc > 0, "data.num_proc", "a positive integer", self.num_proc)
+        _check(self.val_tokens >= 0, "data.val_tokens", "0 (all) or a positive integer", self.val_tokens)
         if not self.train_files and not self.dataset:
             raise ConfigError("data.train_files is empty: name the training files (or set data.dataset)")
 

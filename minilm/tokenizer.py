@@ -18,7 +18,7 @@ PAD, UNK, CLS, SEP, MASK = "[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"
 BERT_SPECIALS = [PAD, UNK, CLS, SEP, MASK]
 
 
-def _limited(texts: Iterable[str], max_bytes: int) -> Iterator[str]:
+def limit_text(texts: Iterable[str], max_bytes: int) -> Iterator[str]:
     seen = 0
     for text in texts:
         if seen >= max_bytes:
@@ -72,7 +72,7 @@ def train_wordpiece(texts: Iterable[str], vocab_size: int, lowercase: bool) -> T
 
 def train_tokenizer(cfg: TokenizerConfig, texts: Iterable[str]) -> Tokenizer:
     """Train the configured kind of tokenizer on (at most cfg.sample_bytes of) `texts`."""
-    texts = _limited(texts, cfg.sample_bytes)
+    texts = limit_text(texts, cfg.sample_bytes)
     if cfg.kind == "char":
         return train_char(texts)
     if cfg.kind == "bpe":

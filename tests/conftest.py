@@ -12,6 +12,11 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # Tiny models run fastest on one thread, and the machine's cores are shared: no oversubscription
 # (inherited by the CLI subprocesses too). Set OMP_NUM_THREADS yourself to change it.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+# Prepared token shards go to a folder of this session's own (inherited by the CLI subprocesses too).
+if "MINILM_CACHE" not in os.environ:
+    import tempfile
+
+    os.environ["MINILM_CACHE"] = tempfile.mkdtemp(prefix="minilm-test-cache-")
 
 import json
 import math

@@ -12,6 +12,7 @@ import torch
 from minilm.config import TokenizerConfig, load_config
 from minilm.data.files import load_files, resolve_files, text_column
 from minilm.data.lm import PackedBlocks, build_lm_datasets, iter_texts, load_text_splits, tokenize_stream
+from minilm.data.prepared import prepare
 from minilm.errors import ConfigError, DataError
 from minilm.tokenizer import (
     BERT_SPECIALS, CLS, EOT, SEP, eot_id, load_tokenizer, train_bpe, train_char, train_tokenizer, train_wordpiece,
@@ -191,13 +192,13 @@ def test_build_lm_datasets_holds_out_unshuffled_tail(tmp_path):
     text = "".join(chr(ord("a") + (i * 7) % 26) for i in range(3000))
     f = tmp_path / "t.txt"
     f.write_text(text)
-    cfg = load_config(None, [f"data.train_files={f}", "model.block_size=16", "data.val_fraction=0.2"])
+    cfg = load_config(None, [f"data.train_files={f}", "model.block_size=16", "data.val_fraction=0.2",
+                             f"data.prepared_dir={tmp_path / 'prepared'}"])
     tok = train_char([text])
-    train_docs, val_docs = load_text_splits(cfg)
-    assert val_docs is None
-    train, val = build_lm_datasets(cfg, tok, train_docs, None)
-    stream = tokenize_stream(train_docs, tok)
-    assert len(stream) == 3001  # the text and its end-of-text token
+    data = prepare(cfg, tok, lambda texts: None)
+    train, val = build_lm_datasets(cfg, data)
+    stream = np.asarray(tok.encode(text).ids + [eot_id(tok)])
+    assert len(data.stream("train")) == 3001  # the text and its end-of-text token
     cut = int(len(stream) * 0.8)
     assert train.shuffle and not val.shuffle
     assert len(val) == (len(stream) - cut - 1) // 16
@@ -206,7 +207,7 @@ def test_build_lm_datasets_holds_out_unshuffled_tail(tmp_path):
     for i in range(len(val) - 1):
         assert val[i + 1]["input_ids"][0] == val[i]["labels"][-1]
     # training blocks come only from the head of the stream
-    assert train.tokens.tolist() == stream[:cut].tolist()
+    assert train.tokens[0:len(train.tokens)].tolist() == stream[:cut].tolist()
 
 
 # ---------------------------------------------------------------------------------------------

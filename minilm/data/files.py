@@ -52,7 +52,7 @@ def resolve_files(patterns: list[str], what: str = "data.train_files") -> list[s
     return files
 
 
-def _check_utf8(files: list[str]) -> None:
+def check_utf8(files: list[str]) -> None:
     for f in files:
         with open(f, "rb") as fh:
             head = fh.read(1 << 16)
@@ -69,7 +69,7 @@ def load_files(files: list[str], **builder_kwargs) -> datasets.Dataset:
     """Load files of one format as a single Dataset; text files give one row per file (a document)."""
     builder = BUILDERS[Path(files[0]).suffix.lower()]
     if builder == "text":
-        _check_utf8(files)
+        check_utf8(files)
         builder_kwargs.setdefault("sample_by", "document")
     if files[0].lower().endswith(".tsv"):
         builder_kwargs.setdefault("delimiter", "\t")

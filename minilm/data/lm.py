@@ -1,4 +1,4 @@
-"""Causal-LM data: documents -> token ids (datasets.map, cached) -> one stream -> fixed-length blocks."""
+"""Causal-LM data: a token stream (prepared shards, or small files tokenized in memory) -> fixed-length blocks."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from tokenizers import Tokenizer
 
 from minilm.config import Config
 from minilm.data.files import load_files, load_hub, resolve_files, text_column
+from minilm.data.prepared import Prepared, TokenStream
 from minilm.errors import DataError
 from minilm.tokenizer import eot_id, unknown_chars
 
@@ -61,10 +62,11 @@ class PackedBlocks(torch.utils.data.Dataset):
     """A token stream cut into blocks of `block_size` inputs with next-token labels.
 
     With `shuffle`, each epoch starts the cut at a new seeded offset and visits blocks in a seeded
-    order, so a run sees varied windows yet any (epoch, index) pair is reproducible for resume.
+    order, so a run sees varied windows yet any (epoch, index) pair is reproducible for resume. The
+    stream may be a memory-mapped TokenStream: a block is read only when it is asked for.
     """
 
-    def __init__(self, tokens: np.ndarray, block_size: int, shuffle: bool = False, seed: int = 0):
+    def __init__(self, tokens: np.ndarray | TokenStream, block_size: int, shuffle: bool = False, seed: int = 0):
         span = block_size if shuffle else 0  # room kept for the random offset
         n = (len(tokens) - 1 - span) // block_size
         if n < 1:
@@ -72,7 +74,7 @@ class PackedBlocks(torch.utils.data.Dataset):
                 f"the text has {len(tokens)} tokens, fewer than one block of {block_size + 1 + span}: "
                 "use more data or a smaller model.block_size"
             )
-        self.tokens = torch.from_numpy(tokens.astype(np.int64))
+        self.tokens = tokens if isinstance(tokens, TokenStream) else TokenStream([tokens])
         self.block_size, self.shuffle, self.seed, self.n = block_size, shuffle, seed, n
         self.set_epoch(0)
 
@@ -90,17 +92,23 @@ class PackedBlocks(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         start = self.offset + int(self.order[i]) * self.block_size
-        chunk = self.tokens[start : start + self.block_size + 1]
+        chunk = torch.from_numpy(self.tokens[start : start + self.block_size + 1].astype(np.int64))
         return {"input_ids": chunk[:-1], "labels": chunk[1:]}
 
 
-def build_lm_datasets(cfg: Config, tok: Tokenizer, train_docs: datasets.Dataset,
-                      val_docs: datasets.Dataset | None) -> tuple[PackedBlocks, PackedBlocks]:
-    train = tokenize_stream(train_docs, tok, cfg.data.num_proc)
-    if val_docs is not None:
-        val = tokenize_stream(val_docs, tok, cfg.data.num_proc)
-    else:  # hold out the tail of the stream, as nanoGPT does for tiny Shakespeare
+def split_stream(cfg: Config, data: Prepared) -> tuple[TokenStream, TokenStream]:
+    """Training and validation streams: the val split, or the held-out last data.val_fraction of the training
+    stream (as nanoGPT holds out tiny Shakespeare's tail); validation capped at data.val_tokens."""
+    train = data.stream("train")
+    if "val" in data.splits():
+        val = data.stream("val")
+    else:
         cut = int(len(train) * (1 - cfg.data.val_fraction))
-        train, val = train[:cut], train[cut:]
+        train, val = train.window(0, cut), train.window(cut, len(train))
+    return train, val.head(cfg.data.val_tokens)
+
+
+def build_lm_datasets(cfg: Config, data: Prepared) -> tuple[PackedBlocks, PackedBlocks]:
+    train, val = split_stream(cfg, data)
     bs = cfg.model.block_size
     return PackedBlocks(train, bs, shuffle=True, seed=cfg.train.seed), PackedBlocks(val, bs)

@@ -18,6 +18,7 @@ from tokenizers import Tokenizer
 
 from minilm.config import DataConfig
 from minilm.data.batch import IGNORE, Shuffled, pad_examples
+from minilm.data.prepared import Prepared, TokenStream
 from minilm.errors import DataError
 from minilm.tokenizer import BERT_SPECIALS, CLS, MASK, PAD, SEP
 
@@ -121,19 +122,20 @@ class PairDataset(torch.utils.data.Dataset):
 class BlockDataset(torch.utils.data.Dataset):
     """MLM only (RoBERTa / Cramming style): the token stream in blocks of [CLS] ... [SEP], no sentence pairs."""
 
-    def __init__(self, stream: np.ndarray, max_len: int, cls_id: int, sep_id: int):
-        n = len(stream) // (max_len - 2)
-        if n < 1:
-            raise DataError(f"the text has {len(stream)} tokens, fewer than one block of {max_len - 2}: "
+    def __init__(self, stream: np.ndarray | TokenStream, max_len: int, cls_id: int, sep_id: int):
+        self.width = max_len - 2
+        self.n = len(stream) // self.width
+        if self.n < 1:
+            raise DataError(f"the text has {len(stream)} tokens, fewer than one block of {self.width}: "
                             "use more data or a smaller model.block_size")
-        self.blocks = stream[: n * (max_len - 2)].reshape(n, max_len - 2)  # (n, max_len - 2)
+        self.stream = stream if isinstance(stream, TokenStream) else TokenStream([stream])
         self.cls, self.sep = cls_id, sep_id
 
     def __len__(self) -> int:
-        return len(self.blocks)
+        return self.n
 
     def __getitem__(self, i: int) -> dict:
-        return {"input_ids": [self.cls, *self.blocks[i].tolist(), self.sep]}
+        return {"input_ids": [self.cls, *self.stream[i * self.width : (i + 1) * self.width].tolist(), self.sep]}
 
 
 class MaskingCollator:
@@ -184,11 +186,34 @@ class MaskingCollator:
         return choose, roll, random_ids
 
 
-def build_mlm_dataset(docs: datasets.Dataset, tok: Tokenizer, cfg: DataConfig, max_len: int,
-                      seed: int) -> torch.utils.data.Dataset:
+def _bert_ids(tok: Tokenizer) -> tuple[int, int]:
     cls_id, sep_id = tok.token_to_id(CLS), tok.token_to_id(SEP)
     if cls_id is None or sep_id is None or tok.token_to_id(MASK) is None:
         raise DataError("BERT pretraining needs a WordPiece tokenizer with [CLS] [SEP] [MASK]: set tokenizer.kind=wordpiece")
+    return cls_id, sep_id
+
+
+def build_block_datasets(data: Prepared, cfg: DataConfig, max_len: int, seed: int) -> tuple[Shuffled, BlockDataset]:
+    """MLM-only blocks straight from the prepared shards: training blocks reshuffled each epoch, validation
+    from the val split or the held-out last val_fraction of the documents."""
+    cls_id, sep_id = _bert_ids(data.tokenizer)
+    train = data.stream("train")
+    if "val" in data.splits():
+        val = data.stream("val")
+    else:
+        ends = data.doc_ends("train")
+        n_val = max(1, round(len(ends) * cfg.val_fraction))
+        if len(ends) - n_val < 1:
+            raise DataError("BERT validation needs held-out documents: set data.val_files or give more documents")
+        cut = int(ends[len(ends) - n_val - 1])
+        train, val = train.window(0, cut), train.window(cut, len(train))
+    val = val.head(cfg.val_tokens)
+    return Shuffled(BlockDataset(train, max_len, cls_id, sep_id), seed), BlockDataset(val, max_len, cls_id, sep_id)
+
+
+def build_mlm_dataset(docs: datasets.Dataset, tok: Tokenizer, cfg: DataConfig, max_len: int,
+                      seed: int) -> torch.utils.data.Dataset:
+    cls_id, sep_id = _bert_ids(tok)
     if not cfg.nsp:
         from minilm.data.lm import tokenize_stream
 

@@ -10,6 +10,7 @@ import torch
 from tokenizers import Tokenizer
 
 from minilm.config import Config, ModelConfig
+from minilm.data.prepared import Prepared, prepare
 from minilm.errors import ConfigError
 from minilm.tokenizer import check_vocab, load_tokenizer, train_tokenizer
 
@@ -51,6 +52,8 @@ class Task:
     metrics: Callable[[Config], tuple[str, ...]]  # what an evaluation reports, without the "val_" prefix
     causal: bool | None = None  # the attention the task needs; None: either
     perplexity: bool = False  # report exp(loss): the loss is a mean over tokens
+    # whether prepare reads the text from prepared token shards (what `minilm prepare` makes ahead)
+    reads_prepared: Callable[[Config], bool] = lambda cfg: False
 
     def check(self, cfg: Config) -> None:
         """Before any work: the config asks for something this task can do."""
@@ -85,16 +88,24 @@ def resolve_model(cfg: Config, source: Source | None) -> ModelConfig:
     return dataclasses.replace(src, **keep, num_labels=0)
 
 
-def choose_tokenizer(cfg: Config, given: Tokenizer | None, source: Source | None, texts) -> Tokenizer:
-    """The given one (resume, or the one the main process trained) > init_from's > tokenizer.path > one trained
-    on the training texts."""
-    if given is not None:
-        return given
+def given_tokenizer(cfg: Config, tok: Tokenizer | None, source: Source | None) -> Tokenizer | None:
+    """The tokenizer cfg fixes, if any: the given one (resume, or the one the main process trained) >
+    init_from's > tokenizer.path."""
+    if tok is not None:
+        return tok
     if source is not None:
         return source.tokenizer
-    if cfg.tokenizer.path:
-        return load_tokenizer(cfg.tokenizer.path)
-    return train_tokenizer(cfg.tokenizer, texts)
+    return load_tokenizer(cfg.tokenizer.path) if cfg.tokenizer.path else None
+
+
+def choose_tokenizer(cfg: Config, tok: Tokenizer | None, source: Source | None, texts) -> Tokenizer:
+    """The tokenizer cfg fixes, or one trained on (the start of) the training texts."""
+    return given_tokenizer(cfg, tok, source) or train_tokenizer(cfg.tokenizer, texts)
+
+
+def prepared_text(cfg: Config, tok: Tokenizer | None, source: Source | None) -> Prepared:
+    """The pretraining text as prepared token shards (made on first use): for the LM tasks."""
+    return prepare(cfg, given_tokenizer(cfg, tok, source), lambda texts: train_tokenizer(cfg.tokenizer, texts))
 
 
 def with_vocab(cfg: Config, model: ModelConfig, tok: Tokenizer) -> Config:

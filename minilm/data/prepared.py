@@ -1,0 +1,445 @@
+"""Pretraining text prepared once: tokenized, streaming, into uint16/uint32 token shards read back by memory map.
+
+    PREPARED/manifest.json        the sources (path, size, mtime), the tokenizer's hash, each shard's token and
+                                  document counts; "complete" once every split is written
+    PREPARED/tokenizer.json       the tokenizer the shards hold ids of (trained on tokenizer.sample_bytes of text)
+    PREPARED/{split}-{i:05d}.bin  token ids of a group of source files, each document followed by <|endoftext|>
+    PREPARED/{split}-{i:05d}.docs uint64: where each document ends, counted within the shard
+
+PREPARED is data.prepared_dir, or a folder under $MINILM_CACHE (default ~/.cache/minilm) named after the
+sources and the tokenizer settings. A shard is written under a temporary name and renamed when whole; the
+manifest lists it only then, so an interrupted prepare resumes at the first missing shard. A changed source
+file or tokenizer, or a shard whose size does not match the manifest, makes prepare start that folder over.
+Memory stays flat at any corpus size: files are read in pieces of ~256 KB, and training maps the shards.
+"""
+
+from __future__ import annotations
+
+import bisect
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import re
+import shutil
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from tokenizers import Tokenizer
+from tqdm.auto import tqdm
+
+from minilm.config import Config
+from minilm.data.files import BUILDERS, check_utf8, resolve_files
+from minilm.errors import DataError
+from minilm.tokenizer import eot_id, limit_text, unknown_chars
+
+VERSION = 1
+SHARD_TOKENS = 1 << 27  # a shard closes at a source-file boundary past this many tokens (256 MiB of uint16)
+PIECE_CHARS = 1 << 18  # text read and encoded per piece
+# text per encode_batch call: a few pieces for every tokenizer thread, few enough that the encodings of one
+# batch (offsets and token strings besides the ids) stay small
+BATCH_CHARS = PIECE_CHARS * max(4, 2 * (os.cpu_count() or 1))
+# A piece of a long document ends just before the last character of a whitespace run between two non-space
+# characters. Our pre-tokenizers (GPT-2's byte-level regex, BERT's whitespace/punctuation split, characters)
+# split such a run there anyway, so the pieces' ids equal the ids of the document encoded whole.
+_SAFE_CUT = re.compile(r"(?<=\S)\s+(?=\S)")
+
+
+class TokenStream:
+    """The token ids of one split as one sequence over its shards, memory-mapped: nothing is read until sliced."""
+
+    def __init__(self, parts: list[np.ndarray]):
+        self.parts = [p for p in parts if len(p)]
+        self.ends = list(np.cumsum([len(p) for p in self.parts]))
+
+    def __len__(self) -> int:
+        return int(self.ends[-1]) if self.ends else 0
+
+    def __getitem__(self, s: slice) -> np.ndarray:
+        start, stop, _ = s.indices(len(self))
+        if stop <= start:
+            return np.zeros(0, self.parts[0].dtype if self.parts else np.int64)
+        i = bisect.bisect_right(self.ends, start)
+        out, pos = [], start
+        while pos < stop:
+            begin = self.ends[i - 1] if i else 0
+            take = self.parts[i][pos - begin : min(stop, self.ends[i]) - begin]
+            out.append(take)
+            pos += len(take)
+            i += 1
+        return out[0] if len(out) == 1 else np.concatenate(out)
+
+    def head(self, n: int) -> TokenStream:
+        """The first n tokens (all of them when n is 0)."""
+        return self.window(0, n) if n and len(self) > n else self
+
+    def window(self, start: int, stop: int) -> TokenStream:
+        """Tokens [start, stop) as a stream of their own (views: no copy)."""
+        parts, begin = [], 0
+        for p, end in zip(self.parts, self.ends):
+            lo, hi = max(start, begin), min(stop, end)
+            if lo < hi:
+                parts.append(p[lo - begin : hi - begin])
+            begin = end
+        return TokenStream(parts)
+
+
+@dataclass
+class Prepared:
+    """A complete prepared folder: the tokenizer and, per split, the token stream and document ends."""
+
+    path: Path
+    tokenizer: Tokenizer
+    manifest: dict
+
+    def splits(self) -> list[str]:
+        return list(self.manifest["splits"])
+
+    def stream(self, split: str) -> TokenStream:
+        dtype = np.dtype(self.manifest["dtype"])
+        return TokenStream([np.memmap(self.path / s["file"], dtype=dtype, mode="r") if s["tokens"] else
+                            np.zeros(0, dtype) for s in self.manifest["splits"][split]])
+
+    def doc_ends(self, split: str) -> np.ndarray:
+        """(n_docs,) where each document of the split ends, as offsets into its stream."""
+        out, base = [], 0
+        for s in self.manifest["splits"][split]:
+            out.append(np.fromfile(self.path / s["docs"], dtype=np.uint64).astype(np.int64) + base)
+            base += s["tokens"]
+        return np.concatenate(out) if out else np.zeros(0, np.int64)
+
+
+# ---------------------------------------------------------------------------------------------
+# where, and whether it is up to date
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("MINILM_CACHE") or Path.home() / ".cache" / "minilm")
+
+
+def _spec(cfg: Config) -> dict:
+    """What decides the folder: the sources and how their text becomes ids (not training settings)."""
+    d, t = cfg.data, cfg.tokenizer
+    return {"version": VERSION, "train": [str(Path(p).expanduser().resolve()) for p in d.train_files],
+            "val": [str(Path(p).expanduser().resolve()) for p in d.val_files], "dataset": d.dataset,
+            "text_column": d.text_column, "tokenizer": {**vars(t), "path": str(Path(t.path).resolve()) if t.path else None},
+            "init_from": str(Path(cfg.model.init_from).resolve()) if cfg.model.init_from else None}
+
+
+def prepared_dir(cfg: Config) -> Path:
+    if cfg.data.prepared_dir:
+        return Path(cfg.data.prepared_dir)
+    key = hashlib.sha256(json.dumps(_spec(cfg), sort_keys=True).encode()).hexdigest()[:16]
+    return cache_root() / "prepared" / key
+
+
+def tokenizer_hash(tok: Tokenizer) -> str:
+    return hashlib.sha256(tok.to_str().encode()).hexdigest()
+
+
+def _sources(cfg: Config) -> dict[str, list[dict]]:
+    d = cfg.data
+    if d.dataset:
+        return {"train": [{"dataset": d.dataset, "split": "train"}]}
+    out = {"train": resolve_files(d.train_files, "data.train_files")}
+    if d.val_files:
+        out["val"] = resolve_files(d.val_files, "data.val_files")
+    for split, files in out.items():
+        if BUILDERS[Path(files[0]).suffix.lower()] == "text":
+            check_utf8(files)
+    return {split: [{"path": str(Path(f).resolve()), "size": os.path.getsize(f), "mtime_ns": os.stat(f).st_mtime_ns}
+                    for f in files] for split, files in out.items()}
+
+
+def _read_manifest(path: Path) -> dict | None:
+    try:
+        manifest = json.loads((path / "manifest.json").read_text(encoding="utf-8"))
+        return manifest if isinstance(manifest, dict) and manifest.get("version") == VERSION else None
+    except (OSError, ValueError):
+        return None
+
+
+def _damage(path: Path, manifest: dict) -> str | None:
+    """Why the listed shards cannot be used as they are, or None."""
+    item = np.dtype(manifest["dtype"]).itemsize
+    for shards in manifest["splits"].values():
+        for s in shards:
+            for name, size in ((s["file"], s["tokens"] * item), (s["docs"], s["docs_count"] * 8)):
+                f = path / name
+                if not f.is_file() or f.stat().st_size != size:
+                    have = f.stat().st_size if f.is_file() else "no"
+                    return f"{name} has {have} bytes, the manifest says {size}"
+    return None
+
+
+# ---------------------------------------------------------------------------------------------
+# reading documents in bounded pieces
+
+
+def _text_pieces(path: str) -> Iterator[tuple[str, bool]]:
+    """A text file (one document) as pieces of about PIECE_CHARS, each cut where encoding can be split;
+    newlines are read as datasets' text loader reads them (universal newlines)."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            buf = ""
+            while True:
+                more = fh.read(PIECE_CHARS)
+                buf += more
+                if not more:
+                    yield buf, True
+                    return
+                while len(buf) > PIECE_CHARS:
+                    cut = None
+                    for m in _SAFE_CUT.finditer(buf, PIECE_CHARS // 2, len(buf) - 1):
+                        cut = m.end() - 1
+                        break
+                    if cut is None:
+                        break  # no safe place yet: read on (a text without such newlines stays whole)
+                    yield buf[:cut], False
+                    buf = buf[cut:]
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path!r} is not UTF-8 text (bad byte near offset {e.start}): convert it to UTF-8") from e
+
+
+def _row_pieces(path: str, column: str) -> Iterator[tuple[str, bool]]:
+    """Rows of a JSON(L) / CSV / TSV / parquet file, each a document, streamed by datasets."""
+    import datasets
+
+    kw = {"delimiter": "\t"} if path.lower().endswith(".tsv") else {}
+    ds = datasets.load_dataset(BUILDERS[Path(path).suffix.lower()], data_files=[path], split="train",
+                               streaming=True, **kw)
+    try:
+        for batch in ds.iter(batch_size=1000):
+            if column not in batch:
+                raise DataError(f"{path!r} has no column {column!r} (columns: {', '.join(batch)}): "
+                                "set data.text_column")
+            for text in batch[column]:
+                yield str(text) if text is not None else "", True
+    except DataError:
+        raise
+    except Exception as e:  # datasets wraps parser errors in several exception types
+        raise DataError(f"could not read {path!r}: {str(e).strip().splitlines()[0][:200]}") from e
+
+
+def _hub_pieces(name: str, split: str, column: str) -> Iterator[tuple[str, bool]]:
+    import datasets
+
+    try:
+        ds = datasets.load_dataset(name, split=split, streaming=True)
+    except Exception as e:
+        raise DataError(f"could not load hub dataset {name!r} ({str(e).splitlines()[0][:200]}): check the name and "
+                        "the network") from e
+    for batch in ds.iter(batch_size=1000):
+        if column not in batch:
+            raise DataError(f"hub dataset {name!r} has no column {column!r}: set data.text_column")
+        for text in batch[column]:
+            yield str(text) if text is not None else "", True
+
+
+def _pieces(source: dict, column: str) -> Iterator[tuple[str, bool]]:
+    """(text, ends_a_document) for one source."""
+    if "dataset" in source:
+        return _hub_pieces(source["dataset"], source["split"], column)
+    if BUILDERS[Path(source["path"]).suffix.lower()] == "text":
+        return _text_pieces(source["path"])
+    return _row_pieces(source["path"], column)
+
+
+def sample_texts(cfg: Config) -> Iterator[str]:
+    """The first tokenizer.sample_bytes of the training text, in pieces: what the tokenizer is trained on."""
+
+    def texts() -> Iterator[str]:
+        for source in _sources(cfg)["train"]:
+            for text, _ in _pieces(source, cfg.data.text_column):
+                if text:
+                    yield text
+
+    return limit_text(texts(), cfg.tokenizer.sample_bytes)
+
+
+# ---------------------------------------------------------------------------------------------
+# writing
+
+
+class _Encoder:
+    """Encodes pieces in batches (the tokenizer's own threads share each batch) and appends their ids,
+    <|endoftext|> after each document, to the open shard."""
+
+    def __init__(self, tok: Tokenizer, dtype: np.dtype, bar: tqdm):
+        self.tok, self.dtype, self.bar = tok, dtype, bar
+        self.tail = [eot_id(tok)] if eot_id(tok) is not None else []
+        self.pending: list[tuple[str, bool]] = []
+        self.chars = 0
+        self.out = None
+        self.tokens = 0
+        self.doc_ends: list[int] = []
+
+    def add(self, text: str, doc_end: bool) -> None:
+        self.pending.append((text, doc_end))
+        self.chars += len(text)
+        if self.chars >= BATCH_CHARS:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.pending:
+            return
+        texts = [t for t, _ in self.pending]
+        try:
+            # the _fast variant (tokenizers >= 0.21) skips the character offsets we never use
+            encode = getattr(self.tok, "encode_batch_fast", self.tok.encode_batch)
+            with _tokenizer_threads():
+                encs = encode(texts, add_special_tokens=False)
+        except Exception as e:  # a character vocabulary has no [UNK]: name the characters it lacks
+            if "Missing [UNK]" not in str(e):
+                raise
+            bad = sorted({c for t in texts for c in unknown_chars(self.tok, t)})
+            raise DataError(f"the text has characters the tokenizer never saw ({''.join(bad[:20])!r}): remove them, "
+                            "or train a new tokenizer on this data (tokenizer.kind=bpe handles any text)") from e
+        parts = []
+        for enc, (text, doc_end) in zip(encs, self.pending):
+            ids = enc.ids + self.tail if doc_end else enc.ids
+            parts.append(np.asarray(ids, dtype=self.dtype))
+            self.tokens += len(ids)
+            if doc_end:
+                self.doc_ends.append(self.tokens)
+        self.out.write(np.concatenate(parts).tobytes())
+        self.bar.update(sum(len(t.encode("utf-8")) for t in texts))
+        self.pending, self.chars = [], 0
+
+
+@contextlib.contextmanager
+def _tokenizer_threads() -> Iterator[None]:
+    """The tokenizer's own threads for a batch (the CLI turns them off so that datasets' worker processes fork
+    cleanly; nothing forks while prepare encodes)."""
+    before = os.environ.get("TOKENIZERS_PARALLELISM")
+    os.environ["TOKENIZERS_PARALLELISM"] = "true"
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ["TOKENIZERS_PARALLELISM"]
+        else:
+            os.environ["TOKENIZERS_PARALLELISM"] = before
+
+
+def _write_split(path: Path, split: str, sources: list[dict], tok: Tokenizer, manifest: dict, column: str,
+                 bar: tqdm) -> None:
+    """Write the split's shards after those the manifest already lists (a resumed prepare), saving the
+    manifest after each."""
+    dtype = np.dtype(manifest["dtype"])
+    shards = manifest["splits"].setdefault(split, [])
+    first = shards[-1]["sources"][1] if shards else 0
+    bar.update(sum(s.get("size", 0) for s in sources[:first]))
+    i = first
+    while i < len(sources):
+        name = f"{split}-{len(shards):05d}"
+        enc = _Encoder(tok, dtype, bar)
+        start = i
+        with open(path / f"{name}.bin.tmp", "wb") as enc.out:
+            # whole source files per shard, so that a resumed prepare restarts at a file boundary
+            while i < len(sources) and (i == start or enc.tokens + enc.chars // 4 < SHARD_TOKENS):
+                for text, doc_end in _pieces(sources[i], column):
+                    enc.add(text, doc_end)
+                i += 1
+            enc.flush()
+            enc.out.flush()
+            os.fsync(enc.out.fileno())
+        np.asarray(enc.doc_ends, dtype=np.uint64).tofile(path / f"{name}.docs")
+        os.replace(path / f"{name}.bin.tmp", path / f"{name}.bin")
+        shards.append({"file": f"{name}.bin", "docs": f"{name}.docs", "tokens": enc.tokens,
+                       "docs_count": len(enc.doc_ends), "sources": [start, i]})
+        _write_manifest(path, manifest)
+
+
+def _write_manifest(path: Path, manifest: dict) -> None:
+    tmp = path / ".manifest.json.tmp"
+    tmp.write_text(json.dumps(manifest, indent=1) + "\n", encoding="utf-8")
+    os.replace(tmp, path / "manifest.json")
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """One prepare at a time per folder (two runs started on the same data wait for each other)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.parent / f".{path.name}.lock", "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def prepare(cfg: Config, given: Tokenizer | None, train_tokenizer: Callable[[Iterator[str]], Tokenizer],
+            show: bool = True) -> Prepared:
+    """The prepared folder of cfg's pretraining text, made (or finished, or remade) if it is not up to date.
+
+    given: the tokenizer the ids must come from (resume, init_from, tokenizer.path), or None to use the one
+    stored with the folder, or else to train one with `train_tokenizer` on the start of the training text.
+    """
+    path = prepared_dir(cfg)
+    sources = _sources(cfg)
+    with _locked(path):
+        manifest = _read_manifest(path)
+        reason = _stale(path, manifest, sources, given)
+        if manifest is not None and manifest.get("complete") and reason is None:
+            return Prepared(path, _stored_tokenizer(path, given), manifest)
+        if reason is not None and show:
+            tqdm.write(f"preparing {path} again: {reason}")
+        if reason is not None or manifest is None:
+            shutil.rmtree(path, ignore_errors=True)
+            path.mkdir(parents=True)
+            (given or train_tokenizer(sample_texts(cfg))).save(str(path / "tokenizer.json"))
+            tok = _stored_tokenizer(path, None)  # hashed as every later reader sees it: read back from the file
+            manifest = {"version": VERSION, "tokenizer": tokenizer_hash(tok), "sources": sources,
+                        "dtype": "uint16" if tok.get_vocab_size() <= 1 << 16 else "uint32", "splits": {},
+                        "complete": False}
+            _write_manifest(path, manifest)
+        tok = _stored_tokenizer(path, None)
+        total = sum(s.get("size", 0) for split in sources.values() for s in split)
+        started = time.perf_counter()
+        # MB/s and ETA on a terminal; nothing on a log file or pipe, where the summary line below says it all
+        with tqdm(total=total or None, unit="B", unit_scale=True, desc="preparing", disable=None if show else True,
+                  dynamic_ncols=True) as bar:
+            for split, split_sources in sources.items():
+                _write_split(path, split, split_sources, tok, manifest, cfg.data.text_column, bar)
+        manifest["complete"] = True
+        _write_manifest(path, manifest)
+        seconds = time.perf_counter() - started
+    if show:
+        tqdm.write(describe(Prepared(path, tok, manifest)) + f"; {total / 1e6:,.1f} MB tokenized in {seconds:.1f} s "
+                   f"({total / 1e6 / max(seconds, 1e-9):.1f} MB/s)")
+    return Prepared(path, tok, manifest)
+
+
+def describe(p: Prepared) -> str:
+    item = np.dtype(p.manifest["dtype"]).itemsize
+    parts = []
+    for split, shards in p.manifest["splits"].items():
+        tokens = sum(s["tokens"] for s in shards)
+        parts.append(f"{split} {tokens:,} tokens in {len(shards)} shard(s) of {tokens * item / 2**20:,.1f} MiB")
+    return f"prepared data in {p.path}: " + "; ".join(parts) + f" ({p.manifest['dtype']})"
+
+
+def _stale(path: Path, manifest: dict | None, sources: dict, given: Tokenizer | None) -> str | None:
+    """Why the folder's contents cannot be used or resumed, or None."""
+    if manifest is None:
+        return "its manifest is missing or unreadable" if path.exists() and any(path.iterdir()) else None
+    if manifest.get("sources") != sources:
+        return "a source file changed"
+    if given is not None and tokenizer_hash(given) != manifest.get("tokenizer"):
+        return "the tokenizer differs from the one the data was prepared with"
+    try:
+        stored = Tokenizer.from_file(str(path / "tokenizer.json"))
+    except Exception:  # tokenizers raises a bare Exception on malformed JSON
+        return "its tokenizer.json is unreadable"
+    if tokenizer_hash(stored) != manifest.get("tokenizer"):
+        return "its tokenizer.json differs from the one the shards were made with"
+    return _damage(path, manifest)
+
+
+def _stored_tokenizer(path: Path, given: Tokenizer | None) -> Tokenizer:
+    return given or Tokenizer.from_file(str(path / "tokenizer.json"))
