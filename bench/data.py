@@ -128,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
         tokens = sum(s["tokens"] for shards in manifest["splits"].values() for s in shards)
         disk = sum(f.stat().st_size for f in (work / f"prepared-{mb}").iterdir() if f.suffix in (".bin", ".docs"))
         train_args = [py, "-m", "minilm.cli", "train", str(CONFIG), *timed, f"train.max_steps={args.steps}",
-                      f"train.eval_interval={args.steps}", "log.log_interval=1", "train.eval_batches=2"]
+                      f"train.eval_interval={args.steps}", "log.log_interval=1", "data.val_tokens=16384"]
         runs = {}
         for label in ("cold", "warm"):
             if label == "cold":
@@ -147,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
             two = [py, "-m", "accelerate.commands.launch", "--config_file", "configs/accelerate/cpu-2proc.yaml",
                    "--main_process_port", "29533", "train.py", str(CONFIG), *timed, f"train.out_dir={run}",
                    f"train.max_steps={args.steps}", f"train.eval_interval={args.steps}", "log.log_interval=1",
-                   "train.eval_batches=2", "train.batch_size=16"]
+                   "data.val_tokens=16384", "train.batch_size=16"]
             os.environ["ACCELERATE_USE_CPU"] = "1"
             row["two_proc_peak_MiB"] = run_child(two, watch=run / "metrics.jsonl")[1]
         rows.append(row)

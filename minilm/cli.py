@@ -36,7 +36,6 @@ def cmd_finetune(args: argparse.Namespace) -> int:
 def cmd_prepare(args: argparse.Namespace) -> int:
     from minilm.config import load_config
     from minilm.tasks import get_task
-    from minilm.tasks.base import prepared_text
 
     cfg = load_config(args.config, args.overrides)
     task = get_task(cfg.train.task)
@@ -50,7 +49,7 @@ def cmd_prepare(args: argparse.Namespace) -> int:
         from minilm.hf import load_pretrained
 
         source = load_pretrained(cfg.model.init_from)
-    prepared_text(cfg, None, source)
+    task.prepare(cfg, None, source)  # exactly what training does before its first step
     return 0
 
 

@@ -30,9 +30,11 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def launch(record_dir: Path, overrides: list[str], *worker_args: str) -> subprocess.CompletedProcess:
+def launch(record_dir: Path, overrides: list[str], *worker_args: str,
+           launcher: tuple[str, ...] = ("--multi_gpu",)) -> subprocess.CompletedProcess:
+    """Two CPU processes of dist_worker.py; `launcher`: accelerate's flags for the kind of distribution."""
     record_dir.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", *launcher, "--num_processes", "2",
            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
            "--main_process_port", str(free_port()), str(WORKER), str(record_dir), *worker_args, *overrides]
     env = {**os.environ, "ACCELERATE_USE_CPU": "1", "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}

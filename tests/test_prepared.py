@@ -16,6 +16,7 @@ from minilm.data import prepared as prep
 from minilm.data.lm import PackedBlocks, build_lm_datasets
 from minilm.data.mlm import build_block_datasets
 from minilm.data.prepared import TokenStream, prepare
+from minilm.errors import DataError
 from minilm.tokenizer import EOT, train_bpe, train_char, train_wordpiece
 
 
@@ -120,11 +121,11 @@ def test_an_interrupted_prepare_resumes_at_the_first_missing_shard(tmp_path, cor
     monkeypatch.setattr(prep, "SHARD_TOKENS", 1)  # a shard per file
     real, calls = prep._pieces, []
 
-    def crash_on_third(source, column):
+    def crash_on_third(source, *args):
         calls.append(source["path"])
         if len(calls) == 3:
             raise KeyboardInterrupt  # Ctrl-C while the third file is read
-        return real(source, column)
+        return real(source, *args)
 
     monkeypatch.setattr(prep, "_pieces", crash_on_third)
     with pytest.raises(KeyboardInterrupt):
@@ -199,3 +200,40 @@ def test_prepare_command_then_train_reuses_the_shards(tmp_path, corpus):
     assert proc.returncode == 0, proc.stderr
     assert os.stat(tmp_path / "prepared" / "train-00000.bin").st_mtime_ns == stamp
     assert (tmp_path / "run" / "tokenizer.json").read_text() == (tmp_path / "prepared" / "tokenizer.json").read_text()
+
+
+def test_nsp_pairs_from_stored_sentence_boundaries_equal_the_in_memory_ones(tmp_path, corpus, monkeypatch):
+    from minilm.data.mlm import PairDataset, build_nsp_datasets, nsp_pairs
+    from minilm.data.sentences import split_sentences
+
+    folder, texts = corpus
+    monkeypatch.setattr(prep, "PIECE_CHARS", 3_000)  # long documents are cut between paragraphs
+    val_folder = tmp_path / "val"
+    val_folder.mkdir()
+    held = [texts[0][:9000], texts[2][:7000]]
+    for i, t in enumerate(held):
+        (val_folder / f"{i}.txt").write_text(t, encoding="utf-8")
+    tok = train_wordpiece(texts, 500, lowercase=True)
+    cfg = _cfg(tmp_path, folder, f"data.val_files=[{val_folder}]", "data.nsp=true", "data.val_tokens=0")
+    data = prepare(cfg, tok, lambda texts: None, show=False, sentences=True)
+    train, val = build_nsp_datasets(data, cfg.data, 64, seed=5)
+
+    def reference(docs_text, seed):
+        docs = [[ids for s in split_sentences(t) if (ids := tok.encode(s, add_special_tokens=False).ids)]
+                for t in docs_text]
+        return PairDataset(nsp_pairs([d for d in docs if d], 64, cfg.data.short_seq_prob, seed),
+                           tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]"))
+
+    for got, want in ((train.data, reference(texts, 5)), (val, reference(held, 6))):
+        assert len(got) == len(want) > 10
+        assert [got[i] for i in range(len(got))] == [want[i] for i in range(len(want))]
+    assert isinstance(train.data.stream, TokenStream)  # pairs are ranges over the memory map
+
+
+def test_a_prepared_dir_holding_other_files_is_refused_not_emptied(tmp_path, corpus):
+    folder, texts = corpus
+    (tmp_path / "prepared").mkdir()
+    (tmp_path / "prepared" / "notes.txt").write_text("mine")
+    with pytest.raises(DataError, match="holds files prepare did not write.*notes.txt"):
+        prepare(_cfg(tmp_path, folder), train_char(texts), lambda texts: None, show=False)
+    assert (tmp_path / "prepared" / "notes.txt").read_text() == "mine"

@@ -11,7 +11,7 @@ import torch
 
 from minilm.config import TokenizerConfig, load_config
 from minilm.data.files import load_files, resolve_files, text_column
-from minilm.data.lm import PackedBlocks, build_lm_datasets, iter_texts, load_text_splits, tokenize_stream
+from minilm.data.lm import PackedBlocks, build_lm_datasets, iter_texts, tokenize_stream
 from minilm.data.prepared import prepare
 from minilm.errors import ConfigError, DataError
 from minilm.tokenizer import (
@@ -275,23 +275,32 @@ def test_text_files_are_one_document_each(tmp_path):
     assert sorted(ds["text"]) == ["line one\nline two\n", "other\n"]
 
 
+def _prepared_texts(cfg, tmp_path) -> dict[str, list[str]]:
+    """Each split's documents as prepare reads them (a character tokenizer decodes them back exactly)."""
+    tok = train_char([chr(c) for c in range(32, 127)])
+    data = prepare(cfg, tok, lambda texts: None, show=False)
+    out = {}
+    for split in data.splits():
+        stream, ends = data.stream(split), data.doc_ends(split)
+        starts = [0, *ends[:-1]]
+        out[split] = [tok.decode(stream[a:b - 1].tolist()) for a, b in zip(starts, ends)]  # without <|endoftext|>
+    return out
+
+
 def test_jsonl_text_column(tmp_path):
     f = tmp_path / "docs.jsonl"
     f.write_text("\n".join(json.dumps({"id": i, "text": f"doc {i}"}) for i in range(3)) + "\n")
-    cfg = load_config(None, [f"data.train_files={f}"])
-    train, val = load_text_splits(cfg)
-    assert train.column_names == ["text"] and train["text"] == ["doc 0", "doc 1", "doc 2"]
-    assert val is None
+    cfg = load_config(None, [f"data.train_files={f}", f"data.prepared_dir={tmp_path / 'p'}"])
+    assert _prepared_texts(cfg, tmp_path) == {"train": ["doc 0", "doc 1", "doc 2"]}
 
 
 def test_csv_custom_text_column_and_val_files(tmp_path):
     train_f, val_f = tmp_path / "train.csv", tmp_path / "val.csv"
     train_f.write_text('id,body\n1,"hello, world"\n2,second row\n')
     val_f.write_text("id,body\n3,held out\n")
-    cfg = load_config(None, [f"data.train_files={train_f}", f"data.val_files={val_f}", "data.text_column=body"])
-    train, val = load_text_splits(cfg)
-    assert train.column_names == ["text"] and train["text"] == ["hello, world", "second row"]
-    assert val["text"] == ["held out"]
+    cfg = load_config(None, [f"data.train_files={train_f}", f"data.val_files={val_f}", "data.text_column=body",
+                             f"data.prepared_dir={tmp_path / 'p'}"])
+    assert _prepared_texts(cfg, tmp_path) == {"train": ["hello, world", "second row"], "val": ["held out"]}
 
 
 def test_tsv_is_tab_separated(tmp_path):
@@ -304,8 +313,8 @@ def test_tsv_is_tab_separated(tmp_path):
 def test_missing_text_column(tmp_path):
     f = tmp_path / "docs.jsonl"
     f.write_text('{"content": "a"}\n{"content": "b"}\n')
-    cfg = load_config(None, [f"data.train_files={f}"])
+    cfg = load_config(None, [f"data.train_files={f}", f"data.prepared_dir={tmp_path / 'p'}"])
     with pytest.raises(DataError) as info:
-        load_text_splits(cfg)
+        prepare(cfg, train_char(["ab"]), lambda texts: None, show=False)
     msg = str(info.value)
     assert "'text'" in msg and "content" in msg and "data.text_column" in msg

@@ -79,15 +79,6 @@ def load_files(files: list[str], **builder_kwargs) -> datasets.Dataset:
         raise DataError(f"could not read {files[0]!r}{' and others' if len(files) > 1 else ''}: {_short(e)}") from e
 
 
-def load_hub(name: str, split: str) -> datasets.Dataset | None:
-    """A split of a hub dataset, or None when the dataset has no such split."""
-    try:
-        dd = datasets.load_dataset(name)
-    except Exception as e:
-        raise DataError(f"could not load hub dataset {name!r} ({_short(e)}): check the name and the network") from e
-    return dd[split] if split in dd else None
-
-
 def text_column(ds: datasets.Dataset, column: str, what: str) -> datasets.Dataset:
     """Keep only `column`, renamed to "text"; a clear error when it is missing."""
     if column not in ds.column_names:

@@ -10,25 +10,9 @@ import torch
 from tokenizers import Tokenizer
 
 from minilm.config import Config
-from minilm.data.files import load_files, load_hub, resolve_files, text_column
 from minilm.data.prepared import Prepared, TokenStream
 from minilm.errors import DataError
 from minilm.tokenizer import eot_id, unknown_chars
-
-
-def load_text_splits(cfg: Config) -> tuple[datasets.Dataset, datasets.Dataset | None]:
-    """Training documents and, if configured, separate validation documents (a "text" column each)."""
-    d = cfg.data
-    if d.dataset:
-        train = text_column(load_hub(d.dataset, "train"), d.text_column, f"hub dataset {d.dataset!r}")
-        val = load_hub(d.dataset, "validation")
-        return train, text_column(val, d.text_column, f"hub dataset {d.dataset!r}") if val is not None else None
-    train = load_files(resolve_files(d.train_files, "data.train_files"))
-    train = text_column(train, d.text_column, "data.train_files")
-    if not d.val_files:
-        return train, None
-    val = load_files(resolve_files(d.val_files, "data.val_files"))
-    return train, text_column(val, d.text_column, "data.val_files")
 
 
 def iter_texts(ds: datasets.Dataset, batch: int = 64) -> Iterator[str]:

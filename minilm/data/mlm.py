@@ -8,7 +8,6 @@ from another document; trim the longer segment from a random end until the pair 
 from __future__ import annotations
 
 import random
-import re
 import zlib
 
 import datasets
@@ -19,22 +18,9 @@ from tokenizers import Tokenizer
 from minilm.config import DataConfig
 from minilm.data.batch import IGNORE, Shuffled, pad_examples
 from minilm.data.prepared import Prepared, TokenStream
+from minilm.data.sentences import split_sentences
 from minilm.errors import DataError
 from minilm.tokenizer import BERT_SPECIALS, CLS, MASK, PAD, SEP
-
-# a sentence ends at . ! or ? (optionally followed by a closing quote) before whitespace and a capital/quote
-_SENTENCE_END = re.compile(r"(?<=[.!?])[\"'\u201d\u2019]?\s+(?=[\"'\u201c\u2018(]?[A-Z])")
-
-
-def split_sentences(text: str) -> list[str]:
-    """Paragraphs (blank-line separated, lines unwrapped) split into sentences."""
-    out = []
-    for para in re.split(r"\n\s*\n", text):
-        para = " ".join(para.split())
-        if para:
-            out += [s.strip() for s in _SENTENCE_END.split(para) if s.strip()]
-    return out
-
 
 def tokenize_sentences(docs: datasets.Dataset, tok: Tokenizer, num_proc: int) -> list[list[list[int]]]:
     """Each document as a list of sentences, each a list of token ids (no special tokens)."""
@@ -52,68 +38,87 @@ def tokenize_sentences(docs: datasets.Dataset, tok: Tokenizer, num_proc: int) ->
     return [d for d in ds["sentences"] if d]
 
 
-def _truncate_pair(a: list[int], b: list[int], max_tokens: int, rng: random.Random) -> None:
-    while len(a) + len(b) > max_tokens:
-        longer = a if len(a) > len(b) else b
-        del longer[0 if rng.random() < 0.5 else -1]  # trim either end so no side is systematically lost
-
-
-def nsp_pairs(docs: list[list[list[int]]], max_len: int, short_seq_prob: float, seed: int) -> list[tuple]:
-    """(A, B, is_random_next) examples whose [CLS] A [SEP] B [SEP] fits in max_len tokens."""
+def nsp_spans(starts: np.ndarray, ends: np.ndarray, docs: list[tuple[int, int]], max_len: int,
+              short_seq_prob: float, seed: int) -> np.ndarray:
+    """(n, 5) rows (A start, A end, B start, B end, is_random_next): token ranges of a stream whose sentence i
+    spans [starts[i], ends[i]) and whose document d holds the sentences docs[d] = (first, last + 1). Each
+    [CLS] A [SEP] B [SEP] fits in max_len tokens. Only sentence lengths are read, never the tokens."""
     if len(docs) < 2:
         raise DataError("next-sentence prediction needs at least two documents: add files or set data.nsp=false")
     rng = random.Random(seed)
     max_tokens = max_len - 3  # [CLS], [SEP], [SEP]
     out = []
-    for d, doc in enumerate(docs):
+    for d, (lo, hi) in enumerate(docs):
         target = rng.randint(2, max_tokens) if rng.random() < short_seq_prob else max_tokens
-        chunk: list[list[int]] = []
+        chunk: list[tuple[int, int]] = []  # consecutive sentences: (start, end) each
         length, i = 0, 0
-        while i < len(doc):
-            chunk.append(doc[i])
-            length += len(doc[i])
-            if i == len(doc) - 1 or length >= target:
+        while i < hi - lo:
+            chunk.append((int(starts[lo + i]), int(ends[lo + i])))
+            length += chunk[-1][1] - chunk[-1][0]
+            if i == hi - lo - 1 or length >= target:
                 n_sentences = len(chunk)
-                if len(chunk) == 1 and len(chunk[0]) >= 2:  # one long sentence: split it so B can be its real next
-                    cut = rng.randint(1, len(chunk[0]) - 1)
-                    chunk = [chunk[0][:cut], chunk[0][cut:]]
-                if chunk:
-                    a_end = rng.randint(1, len(chunk) - 1) if len(chunk) >= 2 else 1
-                    a = [t for s in chunk[:a_end] for t in s]
-                    if len(chunk) == 1 or rng.random() < 0.5:
-                        is_random = 1
-                        other = rng.randrange(len(docs) - 1)
-                        other_doc = docs[other + (other >= d)]  # any document but this one
-                        start = rng.randint(0, len(other_doc) - 1)
-                        b: list[int] = []
-                        for s in other_doc[start:]:
-                            b += s
-                            if len(b) >= target - len(a):
-                                break
-                        i -= max(0, n_sentences - a_end)  # the chunk's unused whole sentences are used next
+                (c0, c1) = chunk[0]
+                if len(chunk) == 1 and c1 - c0 >= 2:  # one long sentence: split it so B can be its real next
+                    cut = c0 + rng.randint(1, c1 - c0 - 1)
+                    chunk = [(c0, cut), (cut, c1)]
+                a_end = rng.randint(1, len(chunk) - 1) if len(chunk) >= 2 else 1
+                a = [chunk[0][0], chunk[a_end - 1][1]]
+                if len(chunk) == 1 or rng.random() < 0.5:
+                    is_random = 1
+                    other = rng.randrange(len(docs) - 1)
+                    o_lo, o_hi = docs[other + (other >= d)]  # any document but this one
+                    first = o_lo + rng.randint(0, o_hi - o_lo - 1)
+                    b = [int(starts[first]), int(starts[first])]
+                    for k in range(first, o_hi):  # a run of its sentences, long enough to fill the pair
+                        b[1] = int(ends[k])
+                        if b[1] - b[0] >= target - (a[1] - a[0]):
+                            break
+                    i -= max(0, n_sentences - a_end)  # the chunk's unused whole sentences are used next
+                else:
+                    is_random = 0
+                    b = [chunk[a_end][0], chunk[-1][1]]
+                while (a[1] - a[0]) + (b[1] - b[0]) > max_tokens:
+                    longer = a if a[1] - a[0] > b[1] - b[0] else b
+                    if rng.random() < 0.5:  # trim either end so no side is systematically lost
+                        longer[0] += 1
                     else:
-                        is_random = 0
-                        b = [t for s in chunk[a_end:] for t in s]
-                    _truncate_pair(a, b, max_tokens, rng)
-                    if a and b:
-                        out.append((a, b, is_random))
+                        longer[1] -= 1
+                if a[1] > a[0] and b[1] > b[0]:
+                    out.append((a[0], a[1], b[0], b[1], is_random))
                 chunk, length = [], 0
                 target = rng.randint(2, max_tokens) if rng.random() < short_seq_prob else max_tokens
             i += 1
-    return out
+    return np.asarray(out, dtype=np.int64).reshape(-1, 5)
+
+
+def nsp_pairs(docs: list[list[list[int]]], max_len: int, short_seq_prob: float, seed: int) -> list[tuple]:
+    """(A, B, is_random_next) examples from documents held as lists of sentences of token ids."""
+    lengths = [len(s) for doc in docs for s in doc]
+    ends = np.cumsum(lengths, dtype=np.int64)
+    starts = ends - np.asarray(lengths, dtype=np.int64)
+    bounds = np.cumsum([0] + [len(doc) for doc in docs])
+    stream = [t for doc in docs for s in doc for t in s]
+    spans = nsp_spans(starts, ends, list(zip(bounds[:-1], bounds[1:])), max_len, short_seq_prob, seed)
+    return [(stream[a0:a1], stream[b0:b1], int(r)) for a0, a1, b0, b1, r in spans]
 
 
 class PairDataset(torch.utils.data.Dataset):
-    """NSP examples as [CLS] A [SEP] B [SEP] with segment ids 0/1 and the next-sentence label."""
+    """NSP examples as [CLS] A [SEP] B [SEP] with segment ids 0/1 and the next-sentence label: from
+    (A, B, is_random) tuples, or from nsp_spans rows over a (memory-mapped) token stream."""
 
-    def __init__(self, pairs: list[tuple], cls_id: int, sep_id: int):
-        self.pairs, self.cls, self.sep = pairs, cls_id, sep_id
+    def __init__(self, pairs: list[tuple] | np.ndarray, cls_id: int, sep_id: int,
+                 stream: TokenStream | None = None):
+        self.pairs, self.cls, self.sep, self.stream = pairs, cls_id, sep_id, stream
 
     def __len__(self) -> int:
         return len(self.pairs)
 
     def __getitem__(self, i: int) -> dict:
-        a, b, is_random = self.pairs[i]
+        if self.stream is None:
+            a, b, is_random = self.pairs[i]
+        else:
+            a0, a1, b0, b1, is_random = (int(v) for v in self.pairs[i])
+            a, b = self.stream[a0:a1].tolist(), self.stream[b0:b1].tolist()
         ids = [self.cls, *a, self.sep, *b, self.sep]
         seg = [0] * (len(a) + 2) + [1] * (len(b) + 1)
         return {"input_ids": ids, "segment_ids": seg, "next_sentence_label": is_random}
@@ -211,6 +216,38 @@ def build_block_datasets(data: Prepared, cfg: DataConfig, max_len: int, seed: in
     return Shuffled(BlockDataset(train, max_len, cls_id, sep_id), seed), BlockDataset(val, max_len, cls_id, sep_id)
 
 
+def build_nsp_datasets(data: Prepared, cfg: DataConfig, max_len: int, seed: int) -> tuple[Shuffled, PairDataset]:
+    """NSP pairs from the sentence boundaries stored with the shards: training pairs reshuffled each epoch,
+    validation pairs from the val split or the held-out last val_fraction of the documents (capped at
+    val_tokens); pairs are token ranges, read from the memory map when asked for."""
+    cls_id, sep_id = _bert_ids(data.tokenizer)
+    splits = {}
+    for split in data.splits():
+        ends = data.sentence_ends(split)
+        doc_last = np.searchsorted(ends, data.doc_ends(split), side="right")  # (n_docs,) sentences before each end
+        docs = list(zip(np.concatenate([[0], doc_last[:-1]]), doc_last))
+        splits[split] = (data.stream(split), np.concatenate([[0], ends[:-1]]), ends, docs)
+    stream, starts, ends, docs = splits["train"]
+    if "val" in splits:
+        val_docs, val = splits["val"][3], splits["val"]
+    else:  # hold out the last val_fraction of the documents (as they were counted, empty ones included)
+        n_val = max(1, round(len(docs) * cfg.val_fraction))
+        if len(docs) - n_val < 1:
+            raise DataError("BERT validation needs held-out documents: set data.val_files or give more documents")
+        docs, val_docs = docs[: len(docs) - n_val], docs[len(docs) - n_val :]
+        val = (stream, starts, ends, val_docs)
+    docs, val_docs = [d for d in docs if d[1] > d[0]], [d for d in val_docs if d[1] > d[0]]
+    if len(val_docs) < 2:  # random B segments must come from another held-out document
+        raise DataError("BERT validation with next-sentence prediction needs at least two held-out documents: "
+                        "add data.val_files or set data.nsp=false")
+    train_pairs = nsp_spans(starts, ends, docs, max_len, cfg.short_seq_prob, seed)
+    val_pairs = nsp_spans(val[1], val[2], val_docs, max_len, cfg.short_seq_prob, seed + 1)
+    if cfg.val_tokens:  # an evaluation of a fixed size: the pairs that start within the first val_tokens
+        val_pairs = val_pairs[val_pairs[:, 0] - int(val[1][val_docs[0][0]]) < cfg.val_tokens]
+    return (Shuffled(PairDataset(train_pairs, cls_id, sep_id, stream), seed),
+            PairDataset(val_pairs, cls_id, sep_id, val[0]))
+
+
 def build_mlm_dataset(docs: datasets.Dataset, tok: Tokenizer, cfg: DataConfig, max_len: int,
                       seed: int) -> torch.utils.data.Dataset:
     cls_id, sep_id = _bert_ids(tok)
@@ -220,19 +257,3 @@ def build_mlm_dataset(docs: datasets.Dataset, tok: Tokenizer, cfg: DataConfig, m
         return BlockDataset(tokenize_stream(docs, tok, cfg.num_proc), max_len, cls_id, sep_id)
     docs_ids = tokenize_sentences(docs, tok, cfg.num_proc)
     return PairDataset(nsp_pairs(docs_ids, max_len, cfg.short_seq_prob, seed), cls_id, sep_id)
-
-
-def build_mlm_datasets(train_docs: datasets.Dataset, val_docs: datasets.Dataset | None, tok: Tokenizer,
-                       cfg: DataConfig, max_len: int, seed: int) -> tuple[Shuffled, torch.utils.data.Dataset]:
-    """Training examples (reshuffled each epoch) and validation examples from held-out documents."""
-    if val_docs is None:  # hold out the last val_fraction of the documents
-        n_val = max(1, round(len(train_docs) * cfg.val_fraction))
-        if len(train_docs) - n_val < 1:
-            raise DataError("BERT validation needs held-out documents: set data.val_files or give more documents")
-        train_docs, val_docs = train_docs.select(range(len(train_docs) - n_val)), train_docs.select(
-            range(len(train_docs) - n_val, len(train_docs)))
-    if cfg.nsp and len(val_docs) < 2:  # random B segments must come from another held-out document
-        raise DataError("BERT validation with next-sentence prediction needs at least two held-out documents: "
-                        "add data.val_files or set data.nsp=false")
-    train = build_mlm_dataset(train_docs, tok, cfg, max_len, seed)
-    return Shuffled(train, seed), build_mlm_dataset(val_docs, tok, cfg, max_len, seed + 1)

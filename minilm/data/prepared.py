@@ -5,6 +5,8 @@
     PREPARED/tokenizer.json       the tokenizer the shards hold ids of (trained on tokenizer.sample_bytes of text)
     PREPARED/{split}-{i:05d}.bin  token ids of a group of source files, each document followed by <|endoftext|>
     PREPARED/{split}-{i:05d}.docs uint64: where each document ends, counted within the shard
+    PREPARED/{split}-{i:05d}.sents uint64: where each sentence ends (for next-sentence prediction only: then
+                                  the shards hold each document's sentences, split and encoded one by one)
 
 PREPARED is data.prepared_dir, or a folder under $MINILM_CACHE (default ~/.cache/minilm) named after the
 sources and the tokenizer settings. A shard is written under a temporary name and renamed when whole; the
@@ -34,6 +36,7 @@ from tqdm.auto import tqdm
 
 from minilm.config import Config
 from minilm.data.files import BUILDERS, check_utf8, resolve_files
+from minilm.data.sentences import PARAGRAPH_BREAK, split_sentences
 from minilm.errors import DataError
 from minilm.tokenizer import eot_id, limit_text, unknown_chars
 
@@ -106,9 +109,16 @@ class Prepared:
 
     def doc_ends(self, split: str) -> np.ndarray:
         """(n_docs,) where each document of the split ends, as offsets into its stream."""
+        return self._ends(split, "docs")
+
+    def sentence_ends(self, split: str) -> np.ndarray:
+        """(n_sentences,) where each sentence ends (folders prepared for next-sentence prediction)."""
+        return self._ends(split, "sents")
+
+    def _ends(self, split: str, kind: str) -> np.ndarray:
         out, base = [], 0
         for s in self.manifest["splits"][split]:
-            out.append(np.fromfile(self.path / s["docs"], dtype=np.uint64).astype(np.int64) + base)
+            out.append(np.fromfile(self.path / s[kind], dtype=np.uint64).astype(np.int64) + base)
             base += s["tokens"]
         return np.concatenate(out) if out else np.zeros(0, np.int64)
 
@@ -121,19 +131,20 @@ def cache_root() -> Path:
     return Path(os.environ.get("MINILM_CACHE") or Path.home() / ".cache" / "minilm")
 
 
-def _spec(cfg: Config) -> dict:
+def _spec(cfg: Config, sentences: bool) -> dict:
     """What decides the folder: the sources and how their text becomes ids (not training settings)."""
     d, t = cfg.data, cfg.tokenizer
     return {"version": VERSION, "train": [str(Path(p).expanduser().resolve()) for p in d.train_files],
             "val": [str(Path(p).expanduser().resolve()) for p in d.val_files], "dataset": d.dataset,
             "text_column": d.text_column, "tokenizer": {**vars(t), "path": str(Path(t.path).resolve()) if t.path else None},
-            "init_from": str(Path(cfg.model.init_from).resolve()) if cfg.model.init_from else None}
+            "init_from": str(Path(cfg.model.init_from).resolve()) if cfg.model.init_from else None,
+            "sentences": sentences}
 
 
-def prepared_dir(cfg: Config) -> Path:
+def prepared_dir(cfg: Config, sentences: bool = False) -> Path:
     if cfg.data.prepared_dir:
         return Path(cfg.data.prepared_dir)
-    key = hashlib.sha256(json.dumps(_spec(cfg), sort_keys=True).encode()).hexdigest()[:16]
+    key = hashlib.sha256(json.dumps(_spec(cfg, sentences), sort_keys=True).encode()).hexdigest()[:16]
     return cache_root() / "prepared" / key
 
 
@@ -168,7 +179,10 @@ def _damage(path: Path, manifest: dict) -> str | None:
     item = np.dtype(manifest["dtype"]).itemsize
     for shards in manifest["splits"].values():
         for s in shards:
-            for name, size in ((s["file"], s["tokens"] * item), (s["docs"], s["docs_count"] * 8)):
+            files = [(s["file"], s["tokens"] * item), (s["docs"], s["docs_count"] * 8)]
+            if "sents" in s:
+                files.append((s["sents"], s["sents_count"] * 8))
+            for name, size in files:
                 f = path / name
                 if not f.is_file() or f.stat().st_size != size:
                     have = f.stat().st_size if f.is_file() else "no"
@@ -180,9 +194,9 @@ def _damage(path: Path, manifest: dict) -> str | None:
 # reading documents in bounded pieces
 
 
-def _text_pieces(path: str) -> Iterator[tuple[str, bool]]:
-    """A text file (one document) as pieces of about PIECE_CHARS, each cut where encoding can be split;
-    newlines are read as datasets' text loader reads them (universal newlines)."""
+def _text_pieces(path: str, cut_at: re.Pattern, back: int) -> Iterator[tuple[str, bool]]:
+    """A text file (one document) as pieces of about PIECE_CHARS, each cut `back` characters before the end of
+    a `cut_at` match; newlines are read as datasets' text loader reads them (universal newlines)."""
     try:
         with open(path, encoding="utf-8") as fh:
             buf = ""
@@ -194,8 +208,8 @@ def _text_pieces(path: str) -> Iterator[tuple[str, bool]]:
                     return
                 while len(buf) > PIECE_CHARS:
                     cut = None
-                    for m in _SAFE_CUT.finditer(buf, PIECE_CHARS // 2, len(buf) - 1):
-                        cut = m.end() - 1
+                    for m in cut_at.finditer(buf, PIECE_CHARS // 2, len(buf) - 1):
+                        cut = m.end() - back
                         break
                     if cut is None:
                         break  # no safe place yet: read on (a text without such newlines stays whole)
@@ -240,12 +254,13 @@ def _hub_pieces(name: str, split: str, column: str) -> Iterator[tuple[str, bool]
             yield str(text) if text is not None else "", True
 
 
-def _pieces(source: dict, column: str) -> Iterator[tuple[str, bool]]:
-    """(text, ends_a_document) for one source."""
+def _pieces(source: dict, column: str, sentences: bool = False) -> Iterator[tuple[str, bool]]:
+    """(text, ends_a_document) for one source; with `sentences`, long documents are cut between paragraphs
+    only, so that splitting each piece into sentences splits the document the same way."""
     if "dataset" in source:
         return _hub_pieces(source["dataset"], source["split"], column)
     if BUILDERS[Path(source["path"]).suffix.lower()] == "text":
-        return _text_pieces(source["path"])
+        return _text_pieces(source["path"], *((PARAGRAPH_BREAK, 0) if sentences else (_SAFE_CUT, 1)))
     return _row_pieces(source["path"], column)
 
 
@@ -267,32 +282,38 @@ def sample_texts(cfg: Config) -> Iterator[str]:
 
 class _Encoder:
     """Encodes pieces in batches (the tokenizer's own threads share each batch) and appends their ids,
-    <|endoftext|> after each document, to the open shard."""
+    <|endoftext|> after each document, to the open shard. With `sentences`, each piece is split into
+    sentences that are encoded one by one, and where each (non-empty) sentence ends is recorded."""
 
-    def __init__(self, tok: Tokenizer, dtype: np.dtype, bar: tqdm):
-        self.tok, self.dtype, self.bar = tok, dtype, bar
-        self.tail = [eot_id(tok)] if eot_id(tok) is not None else []
-        self.pending: list[tuple[str, bool]] = []
-        self.chars = 0
+    def __init__(self, tok: Tokenizer, dtype: np.dtype, bar: tqdm, sentences: bool):
+        self.tok, self.dtype, self.bar, self.sentences = tok, dtype, bar, sentences
+        self.tail = [eot_id(tok)] if eot_id(tok) is not None and not sentences else []
+        self.pending: list[tuple[str | None, bool]] = []  # (text, ends a document); None: a document ends here
+        self.chars = self.bytes = 0
         self.out = None
         self.tokens = 0
         self.doc_ends: list[int] = []
+        self.sentence_ends: list[int] = []
 
     def add(self, text: str, doc_end: bool) -> None:
-        self.pending.append((text, doc_end))
+        if self.sentences:
+            self.pending += [(s, False) for s in split_sentences(text)] + ([(None, True)] if doc_end else [])
+        else:
+            self.pending.append((text, doc_end))
         self.chars += len(text)
+        self.bytes += len(text.encode("utf-8"))
         if self.chars >= BATCH_CHARS:
             self.flush()
 
     def flush(self) -> None:
         if not self.pending:
             return
-        texts = [t for t, _ in self.pending]
+        texts = [t for t, _ in self.pending if t is not None]
         try:
             # the _fast variant (tokenizers >= 0.21) skips the character offsets we never use
             encode = getattr(self.tok, "encode_batch_fast", self.tok.encode_batch)
             with _tokenizer_threads():
-                encs = encode(texts, add_special_tokens=False)
+                encs = iter(encode(texts, add_special_tokens=False))
         except Exception as e:  # a character vocabulary has no [UNK]: name the characters it lacks
             if "Missing [UNK]" not in str(e):
                 raise
@@ -300,15 +321,18 @@ class _Encoder:
             raise DataError(f"the text has characters the tokenizer never saw ({''.join(bad[:20])!r}): remove them, "
                             "or train a new tokenizer on this data (tokenizer.kind=bpe handles any text)") from e
         parts = []
-        for enc, (text, doc_end) in zip(encs, self.pending):
-            ids = enc.ids + self.tail if doc_end else enc.ids
+        for text, doc_end in self.pending:
+            ids = next(encs).ids if text is not None else []
+            ids = ids + self.tail if doc_end else ids
             parts.append(np.asarray(ids, dtype=self.dtype))
             self.tokens += len(ids)
+            if text is not None and ids and self.sentences:
+                self.sentence_ends.append(self.tokens)
             if doc_end:
                 self.doc_ends.append(self.tokens)
         self.out.write(np.concatenate(parts).tobytes())
-        self.bar.update(sum(len(t.encode("utf-8")) for t in texts))
-        self.pending, self.chars = [], 0
+        self.bar.update(self.bytes)
+        self.pending, self.chars, self.bytes = [], 0, 0
 
 
 @contextlib.contextmanager
@@ -328,6 +352,7 @@ def _tokenizer_threads() -> Iterator[None]:
 
 def _write_split(path: Path, split: str, sources: list[dict], tok: Tokenizer, manifest: dict, column: str,
                  bar: tqdm) -> None:
+    sentences = manifest["sentences"]
     """Write the split's shards after those the manifest already lists (a resumed prepare), saving the
     manifest after each."""
     dtype = np.dtype(manifest["dtype"])
@@ -337,21 +362,25 @@ def _write_split(path: Path, split: str, sources: list[dict], tok: Tokenizer, ma
     i = first
     while i < len(sources):
         name = f"{split}-{len(shards):05d}"
-        enc = _Encoder(tok, dtype, bar)
+        enc = _Encoder(tok, dtype, bar, sentences)
         start = i
         with open(path / f"{name}.bin.tmp", "wb") as enc.out:
             # whole source files per shard, so that a resumed prepare restarts at a file boundary
             while i < len(sources) and (i == start or enc.tokens + enc.chars // 4 < SHARD_TOKENS):
-                for text, doc_end in _pieces(sources[i], column):
+                for text, doc_end in _pieces(sources[i], column, sentences):
                     enc.add(text, doc_end)
                 i += 1
             enc.flush()
             enc.out.flush()
             os.fsync(enc.out.fileno())
         np.asarray(enc.doc_ends, dtype=np.uint64).tofile(path / f"{name}.docs")
+        shard = {"file": f"{name}.bin", "docs": f"{name}.docs", "tokens": enc.tokens, "docs_count": len(enc.doc_ends),
+                 "sources": [start, i]}
+        if sentences:
+            np.asarray(enc.sentence_ends, dtype=np.uint64).tofile(path / f"{name}.sents")
+            shard.update(sents=f"{name}.sents", sents_count=len(enc.sentence_ends))
         os.replace(path / f"{name}.bin.tmp", path / f"{name}.bin")
-        shards.append({"file": f"{name}.bin", "docs": f"{name}.docs", "tokens": enc.tokens,
-                       "docs_count": len(enc.doc_ends), "sources": [start, i]})
+        shards.append(shard)
         _write_manifest(path, manifest)
 
 
@@ -374,27 +403,27 @@ def _locked(path: Path) -> Iterator[None]:
 
 
 def prepare(cfg: Config, given: Tokenizer | None, train_tokenizer: Callable[[Iterator[str]], Tokenizer],
-            show: bool = True) -> Prepared:
+            show: bool = True, sentences: bool = False) -> Prepared:
     """The prepared folder of cfg's pretraining text, made (or finished, or remade) if it is not up to date.
 
     given: the tokenizer the ids must come from (resume, init_from, tokenizer.path), or None to use the one
     stored with the folder, or else to train one with `train_tokenizer` on the start of the training text.
+    sentences: also split documents into sentences and record their ends (next-sentence prediction).
     """
-    path = prepared_dir(cfg)
+    path = prepared_dir(cfg, sentences)
     sources = _sources(cfg)
     with _locked(path):
         manifest = _read_manifest(path)
-        reason = _stale(path, manifest, sources, given)
+        reason = _stale(path, manifest, sources, given, sentences)
         if manifest is not None and manifest.get("complete") and reason is None:
             return Prepared(path, _stored_tokenizer(path, given), manifest)
         if reason is not None and show:
             tqdm.write(f"preparing {path} again: {reason}")
         if reason is not None or manifest is None:
-            shutil.rmtree(path, ignore_errors=True)
-            path.mkdir(parents=True)
+            _clear(path)
             (given or train_tokenizer(sample_texts(cfg))).save(str(path / "tokenizer.json"))
             tok = _stored_tokenizer(path, None)  # hashed as every later reader sees it: read back from the file
-            manifest = {"version": VERSION, "tokenizer": tokenizer_hash(tok), "sources": sources,
+            manifest = {"version": VERSION, "tokenizer": tokenizer_hash(tok), "sources": sources, "sentences": sentences,
                         "dtype": "uint16" if tok.get_vocab_size() <= 1 << 16 else "uint32", "splits": {},
                         "complete": False}
             _write_manifest(path, manifest)
@@ -402,10 +431,14 @@ def prepare(cfg: Config, given: Tokenizer | None, train_tokenizer: Callable[[Ite
         total = sum(s.get("size", 0) for split in sources.values() for s in split)
         started = time.perf_counter()
         # MB/s and ETA on a terminal; nothing on a log file or pipe, where the summary line below says it all
-        with tqdm(total=total or None, unit="B", unit_scale=True, desc="preparing", disable=None if show else True,
-                  dynamic_ncols=True) as bar:
-            for split, split_sources in sources.items():
-                _write_split(path, split, split_sources, tok, manifest, cfg.data.text_column, bar)
+        try:
+            with tqdm(total=total or None, unit="B", unit_scale=True, desc="preparing", disable=None if show else True,
+                      dynamic_ncols=True) as bar:
+                for split, split_sources in sources.items():
+                    _write_split(path, split, split_sources, tok, manifest, cfg.data.text_column, bar)
+        except OSError as e:  # a full disk: the shards written so far are kept, the next prepare continues
+            raise DataError(f"could not write prepared data in {str(path)!r} ({e.strerror or e}): free disk space "
+                            "or set data.prepared_dir to a larger disk, then run again") from e
         manifest["complete"] = True
         _write_manifest(path, manifest)
         seconds = time.perf_counter() - started
@@ -424,10 +457,28 @@ def describe(p: Prepared) -> str:
     return f"prepared data in {p.path}: " + "; ".join(parts) + f" ({p.manifest['dtype']})"
 
 
-def _stale(path: Path, manifest: dict | None, sources: dict, given: Tokenizer | None) -> str | None:
+_OURS = re.compile(r"(manifest\.json|tokenizer\.json|(train|val)-\d{5}\.(bin|docs|sents)|.*\.tmp)")
+
+
+def _clear(path: Path) -> None:
+    """An empty folder at `path`, removing only what prepare writes (never a user's own files)."""
+    if path.exists():
+        if not path.is_dir():
+            raise DataError(f"data.prepared_dir={str(path)!r} is a file: give a folder for the prepared data")
+        others = [f.name for f in path.iterdir() if not _OURS.fullmatch(f.name)]
+        if others:
+            raise DataError(f"data.prepared_dir={str(path)!r} holds files prepare did not write ({others[0]!r}): "
+                            "give an empty or new folder")
+        shutil.rmtree(path)
+    path.mkdir(parents=True)
+
+
+def _stale(path: Path, manifest: dict | None, sources: dict, given: Tokenizer | None, sentences: bool) -> str | None:
     """Why the folder's contents cannot be used or resumed, or None."""
     if manifest is None:
         return "its manifest is missing or unreadable" if path.exists() and any(path.iterdir()) else None
+    if manifest.get("sentences") != sentences:
+        return "it was prepared with" + ("out" if sentences else "") + " sentence boundaries"
     if manifest.get("sources") != sources:
         return "a source file changed"
     if given is not None and tokenizer_hash(given) != manifest.get("tokenizer"):

@@ -103,9 +103,10 @@ def choose_tokenizer(cfg: Config, tok: Tokenizer | None, source: Source | None, 
     return given_tokenizer(cfg, tok, source) or train_tokenizer(cfg.tokenizer, texts)
 
 
-def prepared_text(cfg: Config, tok: Tokenizer | None, source: Source | None) -> Prepared:
+def prepared_text(cfg: Config, tok: Tokenizer | None, source: Source | None, sentences: bool = False) -> Prepared:
     """The pretraining text as prepared token shards (made on first use): for the LM tasks."""
-    return prepare(cfg, given_tokenizer(cfg, tok, source), lambda texts: train_tokenizer(cfg.tokenizer, texts))
+    return prepare(cfg, given_tokenizer(cfg, tok, source), lambda texts: train_tokenizer(cfg.tokenizer, texts),
+                   sentences=sentences)
 
 
 def with_vocab(cfg: Config, model: ModelConfig, tok: Tokenizer) -> Config:
