@@ -69,18 +69,24 @@ def test_parameters_stay_identical_across_ranks(two_procs):
             assert torch.equal(a[k], b[k]), (step, k)
 
 
-def test_two_processes_equal_one_process_with_gradient_accumulation(two_procs, shakespeare_file):
-    """Same global batch (2 x 8 = 8 x 2 accumulated): losses and weights agree within 1e-5."""
-    tmp, proc = two_procs
-    assert "2 process(es)" in proc.stdout
+def assert_same_as_one_process(tmp: Path, shakespeare_file: Path) -> None:
+    """tmp/run (two processes) against tmp/one, one process with the same global batch (2 x 8 = 8 x 2
+    accumulated): every step's loss and the final (full) weights agree within 1e-5."""
     train(load_config(None, tiny_overrides(shakespeare_file, tmp / "one", *COMMON, "train.grad_accum=2")))
     one, two = train_losses(tmp / "one"), train_losses(tmp / "run")
     assert sorted(one) == sorted(two) == list(range(1, 9))
     for step in one:
         assert abs(one[step] - two[step]) < 1e-5, (step, one[step], two[step])
     w1, w2 = load_file(str(tmp / "one" / "model.safetensors")), load_file(str(tmp / "run" / "model.safetensors"))
+    assert w1.keys() == w2.keys()
     for k in w1:
-        assert torch.allclose(w1[k], w2[k], atol=1e-5, rtol=0), k
+        assert w1[k].shape == w2[k].shape and torch.allclose(w1[k], w2[k], atol=1e-5, rtol=0), k
+
+
+def test_two_processes_equal_one_process_with_gradient_accumulation(two_procs, shakespeare_file):
+    tmp, proc = two_procs
+    assert "2 process(es)" in proc.stdout
+    assert_same_as_one_process(tmp, shakespeare_file)
     v1 = [r for r in read_metrics(tmp / "one") if r["split"] == "val"]
     v2 = [r for r in read_metrics(tmp / "run") if r["split"] == "val"]
     assert [r["step"] for r in v1] == [r["step"] for r in v2] == [4, 8]

@@ -6,13 +6,9 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
-from safetensors.torch import load_file
 
 from conftest import run_cli, tiny_overrides
-from minilm.config import load_config
-from minilm.train import train
-from test_distributed import COMMON, launch, train_losses
+from test_distributed import COMMON, assert_same_as_one_process, launch, train_losses
 
 FSDP = ("--use_fsdp", "--fsdp_version", "2", "--fsdp_auto_wrap_policy", "TRANSFORMER_BASED_WRAP",
         "--fsdp_transformer_layer_cls_to_wrap", "Block", "--fsdp_state_dict_type", "SHARDED_STATE_DICT",
@@ -27,16 +23,7 @@ def fsdp_run(tmp_path_factory, shakespeare_file):
 
 
 def test_fsdp_on_two_processes_equals_one_process(fsdp_run, shakespeare_file):
-    tmp = fsdp_run
-    train(load_config(None, tiny_overrides(shakespeare_file, tmp / "one", *COMMON, "train.grad_accum=2")))
-    one, two = train_losses(tmp / "one"), train_losses(tmp / "run")
-    assert sorted(one) == sorted(two) == list(range(1, 9))
-    for step in one:
-        assert abs(one[step] - two[step]) < 1e-5, (step, one[step], two[step])
-    w1, w2 = load_file(str(tmp / "one" / "model.safetensors")), load_file(str(tmp / "run" / "model.safetensors"))
-    assert w1.keys() == w2.keys()  # full, unsharded weights gathered from both ranks
-    for k in w1:
-        assert w1[k].shape == w2[k].shape and torch.allclose(w1[k], w2[k], atol=1e-5, rtol=0), k
+    assert_same_as_one_process(fsdp_run, shakespeare_file)  # the weights gathered whole from both ranks
 
 
 def test_fsdp_resumes_exactly_and_exports(fsdp_run, shakespeare_file, tmp_path):
