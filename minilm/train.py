@@ -161,9 +161,10 @@ def set_up(cfg: Config, task: Task, run: RunDir, accelerator: Accelerator) -> Se
     if data.init_state is not None:
         load_init(model, data.init_state, cfg.model.init_from)
     train_loader, val_loader = make_loaders(data)
-    cfg = dataclasses.replace(data.cfg, train=with_epochs(tc, len(train_loader)))
-    optimizer = make_optimizer(model, cfg.train)
+    optimizer = make_optimizer(model, tc)
     model, optimizer, train_loader, val_loader = accelerator.prepare(model, optimizer, train_loader, val_loader)
+    # this process's share of the data: with N processes an epoch is 1/N of the batches per process
+    cfg = dataclasses.replace(data.cfg, train=with_epochs(tc, len(train_loader)))
     run.metrics.enabled = main
     progress = run.load_state(accelerator) if tc.resume else Progress()
     if cfg.log.wandb != "disabled":

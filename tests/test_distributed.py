@@ -10,12 +10,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
 
 from conftest import ROOT, read_metrics, tiny_overrides
 from minilm.config import load_config
+from minilm.data.lm import PackedBlocks
 from minilm.train import train
 
 WORKER = Path(__file__).with_name("dist_worker.py")
@@ -144,3 +146,18 @@ def test_shipped_accelerate_configs_load(path):
     assert (cfg.num_machines > 1) == (path.stem == "multi-node")
     if path.stem == "fsdp":  # wraps our one Block class
         assert cfg.fsdp_config["fsdp_transformer_layer_cls_to_wrap"] == "Block"
+
+
+def test_an_epoch_on_two_processes_is_one_pass_over_the_data(tmp_path, small_shakespeare_file):
+    """train.epochs counts passes over the data, not over each process's share: 2 processes take half the steps
+    and never start a second pass."""
+    overrides = tiny_overrides(small_shakespeare_file, tmp_path / "run", "model.dropout=0.0", "train.batch_size=8",
+                               "train.epochs=1", "log.log_interval=1", "train.warmup_steps=1")
+    launch(tmp_path / "rec", overrides)
+    steps = sorted(train_losses(tmp_path / "run"))
+    seen = set().union(*(set(map(tuple, r["seen"])) for r in ranks(tmp_path / "rec")))
+    # the training 90 % of the file's 4,000 characters + EOT, in blocks of 32: 13 batches of 8, and accelerate
+    # deals whole rounds of 2 (drop_last): 6 per process (one process would take 13 steps)
+    blocks = len(PackedBlocks(np.zeros(int(4001 * 0.9), np.int32), 32, shuffle=True))
+    assert steps == list(range(1, (blocks // 8) // 2 + 1))
+    assert {e for e, _ in seen} == {0}  # nothing from a second pass
