@@ -40,7 +40,7 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.overrides)
     task = get_task(cfg.train.task)
     task.check(cfg)
-    if not task.reads_prepared(cfg):
+    if not task.prepared:
         raise UsageError(f"train.task={task.name} reads its data directly (there is nothing to prepare): "
                          "run `minilm train` on this config")
     datasets_quiet()

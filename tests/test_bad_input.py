@@ -157,6 +157,7 @@ def cases(runs: dict[str, Path], files: dict[str, Path], tmp: Path) -> dict[str,
         "no [MASK] in text": (("fill-mask", bert, "the old man walked"), "[MASK]"),
         "--pair for a single-text classifier": (("classify", cls, "good", "--pair", "bad"), "--pair"),
         "unknown command": (("pretrain", "x.yaml"), "pretrain"),
+        "prepare for fine-tuning": (("prepare", str(FINETUNE)), "nothing to prepare"),
     }
 
 

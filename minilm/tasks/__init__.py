@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from tokenizers import Tokenizer
 
-from minilm.config import Config, ModelConfig
+from minilm.config import Config
 from minilm.errors import ConfigError
 from minilm.tasks import causal_lm, classify, masked_lm
 from minilm.tasks.base import Source, Task, TaskData
@@ -27,9 +27,9 @@ def get_task(name: str) -> Task:
     return TASKS[name]
 
 
-def build_model(cfg: Config, model: ModelConfig | None = None) -> torch.nn.Module:
-    """The task model cfg trains (over `model` instead of cfg.model when given)."""
-    return get_task(cfg.train.task).model(model or cfg.model)
+def build_model(cfg: Config) -> torch.nn.Module:
+    """The task model cfg trains."""
+    return get_task(cfg.train.task).model(cfg.model)
 
 
 def prepare(cfg: Config, tok: Tokenizer | None = None, source: Source | None = None) -> TaskData:

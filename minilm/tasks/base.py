@@ -52,8 +52,7 @@ class Task:
     metrics: Callable[[Config], tuple[str, ...]]  # what an evaluation reports, without the "val_" prefix
     causal: bool | None = None  # the attention the task needs; None: either
     perplexity: bool = False  # report exp(loss): the loss is a mean over tokens
-    # whether prepare reads the text from prepared token shards (what `minilm prepare` makes ahead)
-    reads_prepared: Callable[[Config], bool] = lambda cfg: False
+    prepared: bool = False  # its text comes from prepared token shards (what `minilm prepare` makes ahead)
 
     def check(self, cfg: Config) -> None:
         """Before any work: the config asks for something this task can do."""

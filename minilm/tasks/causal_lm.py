@@ -26,4 +26,4 @@ def eval_data(cfg: Config, tok: Tokenizer, files: list[str]) -> tuple[torch.util
 
 
 TASK = Task("causal_lm", CausalLM, prepare, eval_data, metrics=lambda cfg: ("loss", "ppl"), causal=True,
-            perplexity=True, reads_prepared=lambda cfg: True)
+            perplexity=True, prepared=True)
