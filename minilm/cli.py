@@ -246,22 +246,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--debug", action="store_true", help="show full tracebacks for errors")
     sub = p.add_subparsers(dest="command", required=True)
 
-    t = sub.add_parser("train", help="pretrain a model from a YAML config")
-    t.add_argument("config", help="YAML config (see configs/)")
-    t.add_argument("overrides", nargs="*", help="dotted overrides such as model.n_layer=4 train.max_steps=200")
-    t.set_defaults(func=cmd_train)
+    for name, func, what, example in (
+            ("train", cmd_train, "train a config's train.task", "model.n_layer=4 train.max_steps=200"),
+            ("prepare", cmd_prepare, "tokenize a config's pretraining text into token shards (train does it too, "
+                                     "on first use)", "data.train_files=[corpus/]"),
+            ("finetune", cmd_finetune, "fine-tune a classifier from a YAML config",
+             "model.init_from=runs/bert-mini-gutenberg train.epochs=2")):
+        c = sub.add_parser(name, help=what)
+        c.add_argument("config", help="YAML config (see configs/)")
+        c.add_argument("overrides", nargs="*", help=f"dotted overrides such as {example}")
+        c.set_defaults(func=func)
+    _add_run_commands(sub)
 
-    pp = sub.add_parser("prepare", help="tokenize a config's pretraining text into token shards (train does it "
-                                        "too, on first use)")
-    pp.add_argument("config", help="YAML config (see configs/)")
-    pp.add_argument("overrides", nargs="*", help="dotted overrides such as data.train_files=[corpus/]")
-    pp.set_defaults(func=cmd_prepare)
+    pr = sub.add_parser("presets", help="list the named model presets with parameter counts")
+    pr.add_argument("--vocab", type=int, default=50257)
+    pr.set_defaults(func=cmd_presets)
+    return p
 
-    ft = sub.add_parser("finetune", help="fine-tune a classifier from a YAML config")
-    ft.add_argument("config")
-    ft.add_argument("overrides", nargs="*", help="e.g. model.init_from=runs/bert-mini-gutenberg train.epochs=2")
-    ft.set_defaults(func=cmd_finetune)
 
+def _add_run_commands(sub: argparse._SubParsersAction) -> None:
+    """The commands that read a run directory."""
     ev = sub.add_parser("eval", help="score a run on a file: a classifier on labelled rows, a language model on text")
     ev.add_argument("run_dir")
     ev.add_argument("--data", required=True, help="a labelled TSV/CSV/JSON(L)/parquet file, or text for LM runs")
@@ -304,11 +308,6 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("run_dir")
     e.add_argument("out_dir")
     e.set_defaults(func=cmd_export)
-
-    pr = sub.add_parser("presets", help="list the named model presets with parameter counts")
-    pr.add_argument("--vocab", type=int, default=50257)
-    pr.set_defaults(func=cmd_presets)
-    return p
 
 
 def main(argv: list[str] | None = None) -> int:

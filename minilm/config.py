@@ -100,7 +100,8 @@ class DataConfig:
     val_fraction: float = 0.1
     dataset: str | None = None  # a Hugging Face hub dataset name (needs a network)
     text_column: str = "text"  # the text (for classification: the first text of each example)
-    num_proc: int = 1  # processes for datasets.map tokenization (tables, NSP sentences)
+    # read so that older configs load, not used: prepare encodes with the tokenizer's own threads
+    num_proc: int = 1
     # Pretraining text is tokenized once into memory-mapped token shards (`minilm prepare`, or the first
     # `minilm train`), kept here; None: a folder under $MINILM_CACHE (default ~/.cache/minilm) named after
     # the sources and the tokenizer settings

@@ -148,7 +148,7 @@ def set_up(cfg: Config, task: Task, run: RunDir, accelerator: Accelerator) -> Se
     tc, main = cfg.train, accelerator.is_main_process
     set_seed(tc.seed)
     # The main process goes first: it trains the tokenizer (saved for the others: tokenizer training need
-    # not be deterministic across processes) and fills the datasets cache that the others then read.
+    # not be deterministic across processes) and prepares the token shards that the others then map.
     with accelerator.main_process_first():
         tok = load_tokenizer(run.path / TOKENIZER_FILE) if tc.resume or not main else None
         source = load_pretrained(cfg.model.init_from) if cfg.model.init_from and not tc.resume else None
@@ -235,12 +235,12 @@ def train_step(s: Session, batch: dict[str, torch.Tensor]) -> bool:
     finite = torch.isfinite(loss)  # the logged loss averages the finite ones
     m.loss_sum += torch.where(finite, loss, 0.0)
     m.loss_count += finite
-    ids = batch["input_ids"]
-    lengths = batch["attention_mask"].sum(-1) if "attention_mask" in batch else torch.full(
-        (ids.size(0),), ids.size(1), device=ids.device)  # (B,) real tokens per sequence
-    m.tokens += lengths.sum()
-    if s.peak_flops:
-        m.flops += training_flops(s.cfg.model, s.n_params, lengths)
+    mask = batch.get("attention_mask")
+    m.tokens += mask.sum() if mask is not None else batch["input_ids"].numel()
+    if s.peak_flops:  # per-sequence lengths only where MFU is reported
+        ids = batch["input_ids"]
+        lengths = mask.sum(-1) if mask is not None else torch.full((ids.size(0),), ids.size(1), device=ids.device)
+        m.flops += training_flops(s.cfg.model, s.n_params, lengths)  # lengths: (B,) real tokens per sequence
     if not acc.sync_gradients:
         return False
     s.progress.step += 1

@@ -26,7 +26,8 @@ from safetensors.torch import load_file, save_file
 from minilm import hf
 from minilm.run import load_run
 from minilm.config import config_from_dict
-from minilm.data.mlm import MaskingCollator, PairDataset, nsp_pairs, split_sentences
+from minilm.data.mlm import MaskingCollator, PairDataset, nsp_pairs
+from minilm.data.sentences import split_sentences
 from minilm.errors import CheckpointError
 from minilm.heads import IGNORE, MaskedLM
 from minilm.tokenizer import BERT_SPECIALS, CLS, MASK, PAD, SEP, train_wordpiece
@@ -639,3 +640,31 @@ def test_long_single_sentences_are_split_not_repeated() -> None:
         assert len(a) + len(b) <= 29
         if not is_random:
             assert a[-1] < b[0] and b[0] - a[0] < 100  # B continues A's own sentence
+
+
+@pytest.mark.parametrize("nsp", [True, False])
+def test_eval_scores_a_bert_run_on_a_text_file(tmp_path: Path, tok, text, capsys, nsp) -> None:
+    """`minilm eval` on a BERT run: as many examples as the in-memory builders make from the file's documents."""
+    from minilm.cli import main
+
+    run = make_run(tmp_path, tok)
+    cfg = json.loads((run / "config.json").read_text())
+    cfg["data"]["nsp"] = nsp
+    (run / "config.json").write_text(json.dumps(cfg))
+    docs = [text[:20_000], text[30_000:]]
+    for i, d in enumerate(docs):
+        (tmp_path / f"{i}.txt").write_text(d, encoding="utf-8")
+    (tmp_path / "held").mkdir()
+    for i in range(2):
+        (tmp_path / f"{i}.txt").rename(tmp_path / "held" / f"{i}.txt")
+    assert main(["eval", str(run), "--data", str(tmp_path / "held")]) == 0
+    out = capsys.readouterr().out
+    n = int(out.split()[0])
+    if nsp:
+        sents = [[ids for s in split_sentences(d) if (ids := tok.encode(s, add_special_tokens=False).ids)] for d in docs]
+        assert n == len(nsp_pairs(sents, cfg["model"]["block_size"], 0.1, cfg["train"]["seed"] + 1)) > 10
+        assert "nsp_acc" in out
+    else:
+        stream = [i for d in docs for i in tok.encode(d, add_special_tokens=False).ids]
+        assert n == len(stream) // (cfg["model"]["block_size"] - 2) and "nsp_acc" not in out
+    assert "mlm_loss" in out and "mlm_acc" in out

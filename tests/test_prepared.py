@@ -12,6 +12,7 @@ import torch
 
 from conftest import SHAKESPEARE
 from minilm.config import load_config
+from minilm.data import pieces
 from minilm.data import prepared as prep
 from minilm.data.lm import PackedBlocks, build_lm_datasets
 from minilm.data.mlm import build_block_datasets
@@ -45,7 +46,7 @@ def _whole(tok, texts):
 @pytest.mark.parametrize("kind", ["bpe", "char", "wordpiece"])
 def test_shards_equal_each_document_encoded_whole(tmp_path, corpus, monkeypatch, kind):
     folder, texts = corpus
-    monkeypatch.setattr(prep, "PIECE_CHARS", 2_000)  # the long files are read in dozens of pieces
+    monkeypatch.setattr(pieces, "PIECE_CHARS", 2_000)  # the long files are read in dozens of pieces
     monkeypatch.setattr(prep, "BATCH_CHARS", 10_000)
     tok = {"bpe": lambda: train_bpe(texts, 500), "char": lambda: train_char(texts),
            "wordpiece": lambda: train_wordpiece(texts, 500, lowercase=True)}[kind]()
@@ -119,7 +120,7 @@ def test_an_interrupted_prepare_resumes_at_the_first_missing_shard(tmp_path, cor
     tok = train_char(texts)
     cfg = _cfg(tmp_path, folder)
     monkeypatch.setattr(prep, "SHARD_TOKENS", 1)  # a shard per file
-    real, calls = prep._pieces, []
+    real, calls = prep.pieces, []
 
     def crash_on_third(source, *args):
         calls.append(source["path"])
@@ -127,13 +128,13 @@ def test_an_interrupted_prepare_resumes_at_the_first_missing_shard(tmp_path, cor
             raise KeyboardInterrupt  # Ctrl-C while the third file is read
         return real(source, *args)
 
-    monkeypatch.setattr(prep, "_pieces", crash_on_third)
+    monkeypatch.setattr(prep, "pieces", crash_on_third)
     with pytest.raises(KeyboardInterrupt):
         prepare(cfg, tok, lambda texts: None, show=False)
     manifest = json.loads((tmp_path / "prepared" / "manifest.json").read_text())
     assert not manifest["complete"] and len(manifest["splits"]["train"]) == 2  # two whole shards kept
     kept = (tmp_path / "prepared" / "train-00000.bin").stat().st_mtime_ns
-    monkeypatch.setattr(prep, "_pieces", real)
+    monkeypatch.setattr(prep, "pieces", real)
     data = prepare(cfg, tok, lambda texts: None, show=False)
     assert (tmp_path / "prepared" / "train-00000.bin").stat().st_mtime_ns == kept  # not written again
     assert len(data.manifest["splits"]["train"]) == 3 and data.manifest["complete"]
@@ -207,7 +208,7 @@ def test_nsp_pairs_from_stored_sentence_boundaries_equal_the_in_memory_ones(tmp_
     from minilm.data.sentences import split_sentences
 
     folder, texts = corpus
-    monkeypatch.setattr(prep, "PIECE_CHARS", 3_000)  # long documents are cut between paragraphs
+    monkeypatch.setattr(pieces, "PIECE_CHARS", 3_000)  # long documents are cut between paragraphs
     val_folder = tmp_path / "val"
     val_folder.mkdir()
     held = [texts[0][:9000], texts[2][:7000]]

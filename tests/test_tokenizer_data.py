@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import json
 
-import datasets
 import numpy as np
 import pytest
 import torch
 
 from minilm.config import TokenizerConfig, load_config
-from minilm.data.files import load_files, resolve_files, text_column
-from minilm.data.lm import PackedBlocks, build_lm_datasets, iter_texts, tokenize_stream
+from minilm.data.files import load_files, resolve_files
+from minilm.data.lm import PackedBlocks, build_lm_datasets
+from minilm.data.pieces import sample_texts
 from minilm.data.prepared import prepare
 from minilm.errors import ConfigError, DataError
 from minilm.tokenizer import (
@@ -110,26 +110,36 @@ def test_wordpiece_unknown_maps_to_unk():
 # token streams and packed blocks
 
 
-def test_tokenize_stream_appends_eot_per_document():
+def _jsonl(tmp_path, rows):
+    f = tmp_path / "docs.jsonl"
+    f.write_text("".join(json.dumps({"text": t}) + "\n" for t in rows))
+    return f
+
+
+def _stream(tmp_path, rows, tok) -> np.ndarray:
+    cfg = load_config(None, [f"data.train_files={_jsonl(tmp_path, rows)}", f"data.prepared_dir={tmp_path / 'p'}"])
+    s = prepare(cfg, tok, lambda texts: None, show=False).stream("train")
+    return s[0:len(s)]
+
+
+def test_the_stream_appends_eot_per_document(tmp_path):
     tok = train_char(["ab\nc"])
-    ds = datasets.Dataset.from_dict({"text": ["ab", "c\na", "b"]})
-    ids = tokenize_stream(ds, tok)
+    ids = _stream(tmp_path, ["ab", "c\na", "b"], tok)
     e = eot_id(tok)
     enc = lambda s: tok.encode(s, add_special_tokens=False).ids  # noqa: E731
-    assert ids.dtype == np.int32
+    assert ids.dtype == np.uint16
     assert ids.tolist() == enc("ab") + [e] + enc("c\na") + [e] + enc("b") + [e]
 
 
-def test_tokenize_stream_without_eot_adds_nothing():
+def test_the_stream_without_eot_adds_nothing(tmp_path):
     tok = train_wordpiece(["the cat sat"] * 10, 60, lowercase=True)
-    ds = datasets.Dataset.from_dict({"text": ["the cat", "sat"]})
-    ids = tokenize_stream(ds, tok)
+    ids = _stream(tmp_path, ["the cat", "sat"], tok)
     assert ids.tolist() == tok.encode("the cat", add_special_tokens=False).ids + tok.encode("sat", add_special_tokens=False).ids
 
 
-def test_iter_texts_skips_empty_documents():
-    ds = datasets.Dataset.from_dict({"text": ["a", "", "b", None]})
-    assert list(iter_texts(ds, batch=2)) == ["a", "b"]
+def test_the_tokenizer_sample_skips_empty_documents(tmp_path):
+    cfg = load_config(None, [f"data.train_files={_jsonl(tmp_path, ['a', '', 'b', None])}"])
+    assert list(sample_texts(cfg)) == ["a", "b"]
 
 
 def test_packed_blocks_unshuffled_are_consecutive_with_shifted_labels():
@@ -306,7 +316,7 @@ def test_csv_custom_text_column_and_val_files(tmp_path):
 def test_tsv_is_tab_separated(tmp_path):
     f = tmp_path / "d.tsv"
     f.write_text("label\ttext\n1\ta, b, c\n")
-    ds = text_column(load_files(resolve_files([str(f)])), "text", "x")
+    ds = load_files(resolve_files([str(f)]))
     assert ds["text"] == ["a, b, c"]
 
 

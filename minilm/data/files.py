@@ -79,13 +79,5 @@ def load_files(files: list[str], **builder_kwargs) -> datasets.Dataset:
         raise DataError(f"could not read {files[0]!r}{' and others' if len(files) > 1 else ''}: {_short(e)}") from e
 
 
-def text_column(ds: datasets.Dataset, column: str, what: str) -> datasets.Dataset:
-    """Keep only `column`, renamed to "text"; a clear error when it is missing."""
-    if column not in ds.column_names:
-        raise DataError(f"{what} has no column {column!r} (columns: {', '.join(ds.column_names)}): set data.text_column")
-    ds = ds.select_columns([column])
-    return ds.rename_column(column, "text") if column != "text" else ds
-
-
 def _short(e: Exception) -> str:
     return str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__

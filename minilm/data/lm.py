@@ -1,45 +1,13 @@
-"""Causal-LM data: a token stream (prepared shards, or small files tokenized in memory) -> fixed-length blocks."""
+"""Causal-LM data: a token stream (prepared shards) -> fixed-length blocks with next-token labels."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
-import datasets
 import numpy as np
 import torch
-from tokenizers import Tokenizer
 
 from minilm.config import Config
 from minilm.data.prepared import Prepared, TokenStream
 from minilm.errors import DataError
-from minilm.tokenizer import eot_id, unknown_chars
-
-
-def iter_texts(ds: datasets.Dataset, batch: int = 64) -> Iterator[str]:
-    for rows in ds.iter(batch_size=batch):
-        yield from (t for t in rows["text"] if t)
-
-
-def tokenize_stream(ds: datasets.Dataset, tok: Tokenizer, num_proc: int = 1) -> np.ndarray:
-    """All documents as one int32 token stream, each followed by the end-of-text token (if any)."""
-    eot = eot_id(tok)
-    tail = [eot] if eot is not None else []
-
-    def encode(batch: dict) -> dict:
-        return {"ids": [e.ids + tail for e in tok.encode_batch([t or "" for t in batch["text"]], add_special_tokens=False)]}
-
-    try:
-        ids = ds.map(encode, batched=True, num_proc=min(num_proc, len(ds)), remove_columns=ds.column_names,
-                     desc="tokenizing")
-    except Exception as e:  # a character vocabulary has no [UNK]: name the characters it lacks
-        if "Missing [UNK]" not in str(e):
-            raise
-        bad = sorted({c for text in iter_texts(ds) for c in unknown_chars(tok, text)})
-        raise DataError(f"the text has characters the tokenizer never saw ({''.join(bad[:20])!r}): remove them, or "
-                        "train a new tokenizer on this data (tokenizer.kind=bpe handles any text)") from e
-    column = ids.data.column("ids")  # a pyarrow ChunkedArray of lists: flatten without Python loops
-    parts = [chunk.flatten().to_numpy(zero_copy_only=False) for chunk in column.chunks]
-    return np.concatenate(parts).astype(np.int32) if parts else np.zeros(0, np.int32)
 
 
 class PackedBlocks(torch.utils.data.Dataset):

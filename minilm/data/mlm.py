@@ -10,7 +10,6 @@ from __future__ import annotations
 import random
 import zlib
 
-import datasets
 import numpy as np
 import torch
 from tokenizers import Tokenizer
@@ -18,25 +17,8 @@ from tokenizers import Tokenizer
 from minilm.config import DataConfig
 from minilm.data.batch import IGNORE, Shuffled, pad_examples
 from minilm.data.prepared import Prepared, TokenStream
-from minilm.data.sentences import split_sentences
 from minilm.errors import DataError
 from minilm.tokenizer import BERT_SPECIALS, CLS, MASK, PAD, SEP
-
-def tokenize_sentences(docs: datasets.Dataset, tok: Tokenizer, num_proc: int) -> list[list[list[int]]]:
-    """Each document as a list of sentences, each a list of token ids (no special tokens)."""
-
-    def encode(batch: dict) -> dict:
-        out = []
-        for text in batch["text"]:
-            sents = split_sentences(text or "")
-            ids = [e.ids for e in tok.encode_batch(sents, add_special_tokens=False)] if sents else []
-            out.append([s for s in ids if s])
-        return {"sentences": out}
-
-    ds = docs.map(encode, batched=True, batch_size=8, num_proc=min(num_proc, len(docs)),
-                  remove_columns=docs.column_names, desc="splitting and tokenizing")
-    return [d for d in ds["sentences"] if d]
-
 
 def nsp_spans(starts: np.ndarray, ends: np.ndarray, docs: list[tuple[int, int]], max_len: int,
               short_seq_prob: float, seed: int) -> np.ndarray:
@@ -216,17 +198,30 @@ def build_block_datasets(data: Prepared, cfg: DataConfig, max_len: int, seed: in
     return Shuffled(BlockDataset(train, max_len, cls_id, sep_id), seed), BlockDataset(val, max_len, cls_id, sep_id)
 
 
+def sentence_docs(data: Prepared, split: str) -> tuple[TokenStream, np.ndarray, np.ndarray, list[tuple[int, int]]]:
+    """A split's stream, where each sentence starts and ends, and each document's (first, last + 1) sentence."""
+    ends = data.sentence_ends(split)
+    doc_last = np.searchsorted(ends, data.doc_ends(split), side="right")  # (n_docs,) sentences before each end
+    docs = list(zip(np.concatenate([[0], doc_last[:-1]]), doc_last))
+    return data.stream(split), np.concatenate([[0], ends[:-1]]), ends, docs
+
+
+def build_eval_dataset(data: Prepared, cfg: DataConfig, max_len: int, seed: int) -> BlockDataset | PairDataset:
+    """The whole "train" split of a prepared folder as validation examples: blocks, or NSP pairs (`minilm eval`)."""
+    cls_id, sep_id = _bert_ids(data.tokenizer)
+    if not cfg.nsp:
+        return BlockDataset(data.stream("train"), max_len, cls_id, sep_id)
+    stream, starts, ends, docs = sentence_docs(data, "train")
+    pairs = nsp_spans(starts, ends, [d for d in docs if d[1] > d[0]], max_len, cfg.short_seq_prob, seed)
+    return PairDataset(pairs, cls_id, sep_id, stream)
+
+
 def build_nsp_datasets(data: Prepared, cfg: DataConfig, max_len: int, seed: int) -> tuple[Shuffled, PairDataset]:
     """NSP pairs from the sentence boundaries stored with the shards: training pairs reshuffled each epoch,
     validation pairs from the val split or the held-out last val_fraction of the documents (capped at
     val_tokens); pairs are token ranges, read from the memory map when asked for."""
     cls_id, sep_id = _bert_ids(data.tokenizer)
-    splits = {}
-    for split in data.splits():
-        ends = data.sentence_ends(split)
-        doc_last = np.searchsorted(ends, data.doc_ends(split), side="right")  # (n_docs,) sentences before each end
-        docs = list(zip(np.concatenate([[0], doc_last[:-1]]), doc_last))
-        splits[split] = (data.stream(split), np.concatenate([[0], ends[:-1]]), ends, docs)
+    splits = {split: sentence_docs(data, split) for split in data.splits()}
     stream, starts, ends, docs = splits["train"]
     if "val" in splits:
         val_docs, val = splits["val"][3], splits["val"]
@@ -246,14 +241,3 @@ def build_nsp_datasets(data: Prepared, cfg: DataConfig, max_len: int, seed: int)
         val_pairs = val_pairs[val_pairs[:, 0] - int(val[1][val_docs[0][0]]) < cfg.val_tokens]
     return (Shuffled(PairDataset(train_pairs, cls_id, sep_id, stream), seed),
             PairDataset(val_pairs, cls_id, sep_id, val[0]))
-
-
-def build_mlm_dataset(docs: datasets.Dataset, tok: Tokenizer, cfg: DataConfig, max_len: int,
-                      seed: int) -> torch.utils.data.Dataset:
-    cls_id, sep_id = _bert_ids(tok)
-    if not cfg.nsp:
-        from minilm.data.lm import tokenize_stream
-
-        return BlockDataset(tokenize_stream(docs, tok, cfg.num_proc), max_len, cls_id, sep_id)
-    docs_ids = tokenize_sentences(docs, tok, cfg.num_proc)
-    return PairDataset(nsp_pairs(docs_ids, max_len, cfg.short_seq_prob, seed), cls_id, sep_id)

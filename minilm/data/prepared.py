@@ -12,19 +12,22 @@ PREPARED is data.prepared_dir, or a folder under $MINILM_CACHE (default ~/.cache
 sources and the tokenizer settings. A shard is written under a temporary name and renamed when whole; the
 manifest lists it only then, so an interrupted prepare resumes at the first missing shard. A changed source
 file or tokenizer, or a shard whose size does not match the manifest, makes prepare start that folder over.
-Memory stays flat at any corpus size: files are read in pieces of ~256 KB, and training maps the shards.
+Memory stays flat at any corpus size: files are read in bounded pieces (pieces.py), and training maps the
+shards.
 """
 
 from __future__ import annotations
 
 import bisect
 import contextlib
+import dataclasses
 import fcntl
 import hashlib
 import json
 import os
 import re
 import shutil
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -35,21 +38,17 @@ from tokenizers import Tokenizer
 from tqdm.auto import tqdm
 
 from minilm.config import Config
-from minilm.data.files import BUILDERS, check_utf8, resolve_files
-from minilm.data.sentences import PARAGRAPH_BREAK, split_sentences
+from minilm.data.files import resolve_files
+from minilm.data.pieces import PIECE_CHARS, list_sources, pieces, sample_texts
+from minilm.data.sentences import split_sentences
 from minilm.errors import DataError
-from minilm.tokenizer import eot_id, limit_text, unknown_chars
+from minilm.tokenizer import eot_id, unknown_chars
 
 VERSION = 1
 SHARD_TOKENS = 1 << 27  # a shard closes at a source-file boundary past this many tokens (256 MiB of uint16)
-PIECE_CHARS = 1 << 18  # text read and encoded per piece
 # text per encode_batch call: a few pieces for every tokenizer thread, few enough that the encodings of one
 # batch (offsets and token strings besides the ids) stay small
 BATCH_CHARS = PIECE_CHARS * max(4, 2 * (os.cpu_count() or 1))
-# A piece of a long document ends just before the last character of a whitespace run between two non-space
-# characters. Our pre-tokenizers (GPT-2's byte-level regex, BERT's whitespace/punctuation split, characters)
-# split such a run there anyway, so the pieces' ids equal the ids of the document encoded whole.
-_SAFE_CUT = re.compile(r"(?<=\S)\s+(?=\S)")
 
 
 class TokenStream:
@@ -152,20 +151,6 @@ def tokenizer_hash(tok: Tokenizer) -> str:
     return hashlib.sha256(tok.to_str().encode()).hexdigest()
 
 
-def _sources(cfg: Config) -> dict[str, list[dict]]:
-    d = cfg.data
-    if d.dataset:
-        return {"train": [{"dataset": d.dataset, "split": "train"}]}
-    out = {"train": resolve_files(d.train_files, "data.train_files")}
-    if d.val_files:
-        out["val"] = resolve_files(d.val_files, "data.val_files")
-    for split, files in out.items():
-        if BUILDERS[Path(files[0]).suffix.lower()] == "text":
-            check_utf8(files)
-    return {split: [{"path": str(Path(f).resolve()), "size": os.path.getsize(f), "mtime_ns": os.stat(f).st_mtime_ns}
-                    for f in files] for split, files in out.items()}
-
-
 def _read_manifest(path: Path) -> dict | None:
     try:
         manifest = json.loads((path / "manifest.json").read_text(encoding="utf-8"))
@@ -188,92 +173,6 @@ def _damage(path: Path, manifest: dict) -> str | None:
                     have = f.stat().st_size if f.is_file() else "no"
                     return f"{name} has {have} bytes, the manifest says {size}"
     return None
-
-
-# ---------------------------------------------------------------------------------------------
-# reading documents in bounded pieces
-
-
-def _text_pieces(path: str, cut_at: re.Pattern, back: int) -> Iterator[tuple[str, bool]]:
-    """A text file (one document) as pieces of about PIECE_CHARS, each cut `back` characters before the end of
-    a `cut_at` match; newlines are read as datasets' text loader reads them (universal newlines)."""
-    try:
-        with open(path, encoding="utf-8") as fh:
-            buf = ""
-            while True:
-                more = fh.read(PIECE_CHARS)
-                buf += more
-                if not more:
-                    yield buf, True
-                    return
-                while len(buf) > PIECE_CHARS:
-                    cut = None
-                    for m in cut_at.finditer(buf, PIECE_CHARS // 2, len(buf) - 1):
-                        cut = m.end() - back
-                        break
-                    if cut is None:
-                        break  # no safe place yet: read on (a text without such newlines stays whole)
-                    yield buf[:cut], False
-                    buf = buf[cut:]
-    except UnicodeDecodeError as e:
-        raise DataError(f"{path!r} is not UTF-8 text (bad byte near offset {e.start}): convert it to UTF-8") from e
-
-
-def _row_pieces(path: str, column: str) -> Iterator[tuple[str, bool]]:
-    """Rows of a JSON(L) / CSV / TSV / parquet file, each a document, streamed by datasets."""
-    import datasets
-
-    kw = {"delimiter": "\t"} if path.lower().endswith(".tsv") else {}
-    ds = datasets.load_dataset(BUILDERS[Path(path).suffix.lower()], data_files=[path], split="train",
-                               streaming=True, **kw)
-    try:
-        for batch in ds.iter(batch_size=1000):
-            if column not in batch:
-                raise DataError(f"{path!r} has no column {column!r} (columns: {', '.join(batch)}): "
-                                "set data.text_column")
-            for text in batch[column]:
-                yield str(text) if text is not None else "", True
-    except DataError:
-        raise
-    except Exception as e:  # datasets wraps parser errors in several exception types
-        raise DataError(f"could not read {path!r}: {str(e).strip().splitlines()[0][:200]}") from e
-
-
-def _hub_pieces(name: str, split: str, column: str) -> Iterator[tuple[str, bool]]:
-    import datasets
-
-    try:
-        ds = datasets.load_dataset(name, split=split, streaming=True)
-    except Exception as e:
-        raise DataError(f"could not load hub dataset {name!r} ({str(e).splitlines()[0][:200]}): check the name and "
-                        "the network") from e
-    for batch in ds.iter(batch_size=1000):
-        if column not in batch:
-            raise DataError(f"hub dataset {name!r} has no column {column!r}: set data.text_column")
-        for text in batch[column]:
-            yield str(text) if text is not None else "", True
-
-
-def _pieces(source: dict, column: str, sentences: bool = False) -> Iterator[tuple[str, bool]]:
-    """(text, ends_a_document) for one source; with `sentences`, long documents are cut between paragraphs
-    only, so that splitting each piece into sentences splits the document the same way."""
-    if "dataset" in source:
-        return _hub_pieces(source["dataset"], source["split"], column)
-    if BUILDERS[Path(source["path"]).suffix.lower()] == "text":
-        return _text_pieces(source["path"], *((PARAGRAPH_BREAK, 0) if sentences else (_SAFE_CUT, 1)))
-    return _row_pieces(source["path"], column)
-
-
-def sample_texts(cfg: Config) -> Iterator[str]:
-    """The first tokenizer.sample_bytes of the training text, in pieces: what the tokenizer is trained on."""
-
-    def texts() -> Iterator[str]:
-        for source in _sources(cfg)["train"]:
-            for text, _ in _pieces(source, cfg.data.text_column):
-                if text:
-                    yield text
-
-    return limit_text(texts(), cfg.tokenizer.sample_bytes)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -367,7 +266,7 @@ def _write_split(path: Path, split: str, sources: list[dict], tok: Tokenizer, ma
         with open(path / f"{name}.bin.tmp", "wb") as enc.out:
             # whole source files per shard, so that a resumed prepare restarts at a file boundary
             while i < len(sources) and (i == start or enc.tokens + enc.chars // 4 < SHARD_TOKENS):
-                for text, doc_end in _pieces(sources[i], column, sentences):
+                for text, doc_end in pieces(sources[i], column, sentences):
                     enc.add(text, doc_end)
                 i += 1
             enc.flush()
@@ -411,7 +310,7 @@ def prepare(cfg: Config, given: Tokenizer | None, train_tokenizer: Callable[[Ite
     sentences: also split documents into sentences and record their ends (next-sentence prediction).
     """
     path = prepared_dir(cfg, sentences)
-    sources = _sources(cfg)
+    sources = list_sources(cfg)
     with _locked(path):
         manifest = _read_manifest(path)
         reason = _stale(path, manifest, sources, given, sentences)
@@ -446,6 +345,17 @@ def prepare(cfg: Config, given: Tokenizer | None, train_tokenizer: Callable[[Ite
         tqdm.write(describe(Prepared(path, tok, manifest)) + f"; {total / 1e6:,.1f} MB tokenized in {seconds:.1f} s "
                    f"({total / 1e6 / max(seconds, 1e-9):.1f} MB/s)")
     return Prepared(path, tok, manifest)
+
+
+@contextlib.contextmanager
+def prepared_files(cfg: Config, tok: Tokenizer, files: list[str], sentences: bool = False) -> Iterator[Prepared]:
+    """`files` prepared with `tok` in a temporary folder, as split "train" (what `minilm eval` reads): the ids
+    training gets. Datasets built inside the block keep working after it (their shards stay mapped)."""
+    resolve_files(files, "--data")  # a missing or unreadable file is named as the flag that gave it
+    with tempfile.TemporaryDirectory() as tmp:
+        data = dataclasses.replace(cfg.data, train_files=list(files), val_files=[], dataset=None,
+                                   prepared_dir=str(Path(tmp) / "prepared"))
+        yield prepare(dataclasses.replace(cfg, data=data), tok, lambda texts: tok, show=False, sentences=sentences)
 
 
 def describe(p: Prepared) -> str:

@@ -6,8 +6,8 @@ import torch
 from tokenizers import Tokenizer
 
 from minilm.config import Config
-from minilm.data.files import load_files, resolve_files, text_column
-from minilm.data.lm import PackedBlocks, build_lm_datasets, tokenize_stream
+from minilm.data.lm import PackedBlocks, build_lm_datasets
+from minilm.data.prepared import prepared_files
 from minilm.heads import CausalLM
 from minilm.tasks.base import Source, Task, TaskData, prepared_text, resolve_model, with_vocab
 
@@ -21,8 +21,8 @@ def prepare(cfg: Config, tok: Tokenizer | None, source: Source | None) -> TaskDa
 
 
 def eval_data(cfg: Config, tok: Tokenizer, files: list[str]) -> tuple[torch.utils.data.Dataset, None]:
-    docs = text_column(load_files(resolve_files(files, "--data")), cfg.data.text_column, "--data")
-    return PackedBlocks(tokenize_stream(docs, tok, cfg.data.num_proc), cfg.model.block_size), None
+    with prepared_files(cfg, tok, files) as data:
+        return PackedBlocks(data.stream("train"), cfg.model.block_size), None
 
 
 TASK = Task("causal_lm", CausalLM, prepare, eval_data, metrics=lambda cfg: ("loss", "ppl"), causal=True,

@@ -7,8 +7,8 @@ import torch
 from tokenizers import Tokenizer
 
 from minilm.config import Config
-from minilm.data.files import load_files, resolve_files, text_column
-from minilm.data.mlm import MaskingCollator, build_block_datasets, build_mlm_dataset, build_nsp_datasets
+from minilm.data.mlm import MaskingCollator, build_block_datasets, build_eval_dataset, build_nsp_datasets
+from minilm.data.prepared import prepared_files
 from minilm.heads import MaskedLM
 from minilm.tasks.base import Source, Task, TaskData, prepared_text, resolve_model, with_vocab
 
@@ -26,9 +26,9 @@ def prepare(cfg: Config, tok: Tokenizer | None, source: Source | None) -> TaskDa
 
 
 def eval_data(cfg: Config, tok: Tokenizer, files: list[str]) -> tuple[torch.utils.data.Dataset, MaskingCollator]:
-    docs = text_column(load_files(resolve_files(files, "--data")), cfg.data.text_column, "--data")
-    data = build_mlm_dataset(docs, tok, cfg.data, cfg.model.block_size, cfg.train.seed + 1)
-    return data, MaskingCollator(tok, cfg.data.mlm_probability, fixed=True)
+    with prepared_files(cfg, tok, files, sentences=cfg.data.nsp) as data:
+        examples = build_eval_dataset(data, cfg.data, cfg.model.block_size, cfg.train.seed + 1)
+    return examples, MaskingCollator(tok, cfg.data.mlm_probability, fixed=True)
 
 
 def metrics(cfg: Config) -> tuple[str, ...]:
