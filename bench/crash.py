@@ -103,17 +103,17 @@ def same_weights(a: Path, b: Path) -> bool:
 
 
 def kill_and_resume(workdir: Path, trials: int, steps: int = 60, save_every: int = 3, seed: int = 0,
-                    data: Path = DATA, reference: Path | None = None) -> Report:
+                    data: Path = DATA, reference: Path | None = None, extra: tuple[str, ...] = ()) -> Report:
     """Kill one run `trials` times at random moments, resuming after each, then compare with `reference`
-    (trained here without interruption if not given)."""
+    (trained here without interruption if not given). `extra`: more config overrides for every run."""
     rng = random.Random(seed)
     if reference is None:
         reference = workdir / "reference"
-        run(train_command(data, reference, steps, save_every))
+        run(train_command(data, reference, steps, save_every, *extra))
     target, report = workdir / "killed", Report()
     for trial in range(trials):
         resume = ["train.resume=true"] if trial else []
-        proc = subprocess.Popen(train_command(data, target, steps, save_every, *resume), env=_env(),
+        proc = subprocess.Popen(train_command(data, target, steps, save_every, *extra, *resume), env=_env(),
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         start = last_step(target)
         kill_at = rng.randint(start + save_every + 1, start + save_every + 8)  # past a checkpoint, so resume has one
@@ -126,7 +126,7 @@ def kill_and_resume(workdir: Path, trials: int, steps: int = 60, save_every: int
         report.kills.append(last_step(target))
         report.mid_save += mid_save(target)
         check_loadable(target)
-    run(train_command(data, target, steps, save_every, "train.resume=true"))
+    run(train_command(data, target, steps, save_every, *extra, "train.resume=true"))
     ref, got = step_losses(reference), step_losses(target)
     report.steps_equal = sorted(got) == sorted(ref) == list(range(1, steps + 1)) and all(got[s] == ref[s] for s in ref)
     report.weights_equal = same_weights(reference, target)
@@ -139,16 +139,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--runs", type=int, default=3, help="independent killed runs, each with its own random kills")
     p.add_argument("--steps", type=int, default=120)
     p.add_argument("--save-every", type=int, default=3, help="steps between checkpoints")
+    p.add_argument("--streaming", action="store_true", help="stream the text (data.streaming=true) instead of "
+                   "reading prepared shards")
     args = p.parse_args(argv)
+    extra = ("data.streaming=true", "data.val_tokens=20000") if args.streaming else ()
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
         reference = workdir / "reference"
-        run(train_command(DATA, reference, args.steps, args.save_every))
+        run(train_command(DATA, reference, args.steps, args.save_every, *extra))
         ok = True
         for r in range(args.runs):
             (workdir / f"run{r}").mkdir()
             report = kill_and_resume(workdir / f"run{r}", args.trials, args.steps, args.save_every, seed=r,
-                                     reference=reference)
+                                     reference=reference, extra=extra)
             ok &= report.ok()
             print(f"run {r}: {len(report.kills)} SIGKILLs after steps {report.kills} ({report.mid_save} inside a "
                   f"checkpoint save); every step's loss equal: {report.steps_equal}; final weights equal: "

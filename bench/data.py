@@ -7,7 +7,7 @@ Both sides tokenize with the same byte-level BPE (8,192 ids, trained once on the
   baseline  each file read whole, its lines in ~1 MB pieces, the same encode_batch, appended to one uint16
             file (nanoGPT's prepare.py without the datasets step), in a child process
 Training is `configs/gpt-mini-gutenberg.yaml` for a few steps on the corpus; "cold" prepares first, "warm"
-reuses the prepared shards. Peak memory is each child's own maximum resident set (getrusage).
+reuses the prepared shards; `--streaming-only` trains with data.streaming=true instead (nothing prepared). Peak memory is each child's own maximum resident set (getrusage).
 """
 
 from __future__ import annotations
@@ -104,6 +104,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=3, help="training steps per timed run")
     p.add_argument("--two-processes", action="store_true", help="also train with two CPU processes on the largest")
     p.add_argument("--workdir", default=None, help="where corpora and runs go (default: a temporary folder)")
+    p.add_argument("--streaming-only", action="store_true", help="only train with data.streaming=true (nothing "
+                   "prepared): time to the first step and peak memory at each size")
     args = p.parse_args(argv)
     work = Path(args.workdir or tempfile.mkdtemp(prefix="minilm-bench-data-"))
     py = sys.executable
@@ -118,6 +120,16 @@ def main(argv: list[str] | None = None) -> int:
                                     f"data.prepared_dir={tok_dir}"])
         tokfile = tok_dir / "tokenizer.json"
         timed = [*common, f"tokenizer.path={tokfile}", "data.val_files=[]"]  # the corpus alone, as the baseline
+        train_args = [py, "-m", "minilm.cli", "train", str(CONFIG), *timed, f"train.max_steps={args.steps}",
+                      f"train.eval_interval={args.steps}", "log.log_interval=1", "data.val_tokens=16384"]
+        if args.streaming_only:
+            run = work / f"run-{mb}-streaming"
+            shutil.rmtree(run, ignore_errors=True)
+            _, peak, first, _ = run_child([*train_args, "data.streaming=true", f"train.out_dir={run}"],
+                                          watch=run / "metrics.jsonl")
+            print(f"| {nbytes / 1e6:,.0f} MB streamed | first step {first:.1f} s | training peak {peak:,.0f} MiB |",
+                  flush=True)
+            continue
         # the work itself, as each side times it (process start-up, mostly imports, is left out)
         _, peak_b, _, out = run_child([py, "-c", BASELINE, str(tokfile), str(corpus), str(work / "baseline.bin")])
         wall_b = float(re.search(r"tokenized in ([\d.]+) s", out).group(1))
@@ -127,8 +139,6 @@ def main(argv: list[str] | None = None) -> int:
         manifest = json.loads((work / f"prepared-{mb}" / "manifest.json").read_text())
         tokens = sum(s["tokens"] for shards in manifest["splits"].values() for s in shards)
         disk = sum(f.stat().st_size for f in (work / f"prepared-{mb}").iterdir() if f.suffix in (".bin", ".docs"))
-        train_args = [py, "-m", "minilm.cli", "train", str(CONFIG), *timed, f"train.max_steps={args.steps}",
-                      f"train.eval_interval={args.steps}", "log.log_interval=1", "data.val_tokens=16384"]
         runs = {}
         for label in ("cold", "warm"):
             if label == "cold":

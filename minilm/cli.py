@@ -43,6 +43,9 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     if not task.prepared:
         raise UsageError(f"train.task={task.name} reads its data directly (there is nothing to prepare): "
                          "run `minilm train` on this config")
+    if cfg.data.streaming:
+        raise UsageError("data.streaming=true reads the text while training (there is nothing to prepare): run "
+                         "`minilm train` on this config, or set data.streaming=false to prepare it")
     datasets_quiet()
     source = None
     if cfg.model.init_from:  # its tokenizer makes the ids

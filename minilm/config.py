@@ -107,6 +107,10 @@ class DataConfig:
     # the sources and the tokenizer settings
     prepared_dir: str | None = None
     val_tokens: int = 1 << 20  # evaluate on at most this many validation tokens (the first ones); 0: all
+    # Read the text while training instead of preparing it: streamed by datasets from the files (or the hub),
+    # tokenized on the fly, each process reading its own share, in file order; resumes at the saved position.
+    # Validation: the first val_tokens of data.val_files, or else of the training text (then held out of it).
+    streaming: bool = False
     # BERT pretraining (bidirectional models) only:
     mlm_probability: float = 0.15  # share of real tokens chosen for prediction (80 % [MASK], 10 % random, 10 % kept)
     nsp: bool = True  # sentence pairs with next-sentence prediction; false: plain packed blocks, MLM only
@@ -118,6 +122,8 @@ class DataConfig:
         _check(0.0 < self.val_fraction < 1.0, "data.val_fraction", "a number strictly between 0 and 1", self.val_fraction)
         _check(self.num_proc > 0, "data.num_proc", "a positive integer", self.num_proc)
         _check(self.val_tokens >= 0, "data.val_tokens", "0 (all) or a positive integer", self.val_tokens)
+        _check(not self.streaming or self.val_tokens > 0, "data.val_tokens",
+               "a positive number of tokens with data.streaming=true (a stream has no end to read to)", self.val_tokens)
         if not self.train_files and not self.dataset:
             raise ConfigError("data.train_files is empty: name the training files (or set data.dataset)")
 
@@ -214,6 +220,9 @@ class Config:
         if not (self.model.causal or self.tokenizer.kind == "wordpiece" or self.tokenizer.path or self.model.init_from):
             raise ConfigError(f"tokenizer.kind={self.tokenizer.kind!r} cannot build BERT inputs ([CLS], [SEP], [MASK]): "
                               "set tokenizer.kind=wordpiece for a bidirectional model")
+        if self.data.streaming and self.train.epochs:
+            raise ConfigError("train.epochs needs the data's length, which a stream does not have: set train.max_steps "
+                              "instead, or data.streaming=false")
         if self.model.causal and self.model.type_vocab_size:
             raise ConfigError("model.type_vocab_size is for bidirectional (BERT) models: set it to 0 or model.causal=false")
 

@@ -3,7 +3,8 @@
     RUN_DIR/config.json        the full Config (model, tokenizer, data, train, log)
     RUN_DIR/tokenizer.json     the tokenizer
     RUN_DIR/model.safetensors  the weights (the latest, or with train.best_metric the best evaluation)
-    RUN_DIR/state/             accelerate.save_state (weights, optimizer, RNG states) + progress.json
+    RUN_DIR/state/             accelerate.save_state (weights, optimizer, RNG states) + progress.json (+ with
+                               data.streaming, stream-position-{rank}.json: where each process's stream stands)
     RUN_DIR/metrics.jsonl      one JSON record per log line and evaluation
 
 Files are written through runfiles (temporary name, fsync, rename) and `state/` is swapped in as a whole, so a
@@ -175,9 +176,10 @@ class RunDir:
         self.metrics.rewind(progress.step)  # those steps run again
         return progress
 
-    def save(self, accelerator: Accelerator, model: torch.nn.Module, progress: Progress, weights: bool = True) -> None:
+    def save(self, accelerator: Accelerator, model: torch.nn.Module, progress: Progress, weights: bool = True,
+             position: dict | None = None) -> None:
         """Weights for sample/export (the latest, or the best so far) plus the full training state, each swapped
-        in atomically. Every process takes part."""
+        in atomically. Every process takes part; each saves its stream `position` when the text is streamed."""
         accelerator.wait_for_everyone()
         tmp = self.path / f"{STATE_DIR}.tmp"
         try:
@@ -185,7 +187,12 @@ class RunDir:
                 shutil.rmtree(tmp)
             accelerator.wait_for_everyone()
             accelerator.save_state(str(tmp))
+            if position is not None:
+                tmp.mkdir(parents=True, exist_ok=True)
+                runfiles.write_json(tmp / _position_file(accelerator.process_index),
+                                    {"processes": accelerator.num_processes, "position": position})
             full = accelerator.get_state_dict(model) if weights else None  # under FSDP this gathers the shards
+            accelerator.wait_for_everyone()  # every process's files are written before the swap
             if accelerator.is_main_process:
                 if weights:
                     runfiles.save_weights(full, self.path / MODEL_FILE)
@@ -199,10 +206,30 @@ class RunDir:
         self.new = False  # the directory now holds a checkpoint worth keeping
         accelerator.wait_for_everyone()
 
+    def stream_position(self, accelerator: Accelerator) -> dict:
+        """Where this process's stream stood at the checkpoint (data.streaming=true)."""
+        path = self.state_dir() / _position_file(accelerator.process_index)
+        try:
+            saved = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError as e:
+            raise CheckpointError(f"{str(self.path)!r} holds no stream position for process "
+                                  f"{accelerator.process_index}: it was not trained with data.streaming=true on this "
+                                  "many processes; resume with the data settings and processes it was started with") from e
+        except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise CheckpointError(f"{str(path)!r} is unreadable ({e}): resume from an intact run") from e
+        if saved.get("processes") != accelerator.num_processes:
+            raise CheckpointError(f"the run streamed its text on {saved.get('processes')} process(es), this resume has "
+                                  f"{accelerator.num_processes}: resume it on {saved.get('processes')}")
+        return saved["position"]
+
     def discard_if_new(self) -> None:
         """A new run that failed before its first checkpoint leaves nothing behind."""
         if self.new:
             shutil.rmtree(self.path, ignore_errors=True)
+
+
+def _position_file(rank: int) -> str:
+    return f"stream-position-{rank}.json"
 
 
 def swap_in_state(run_dir: Path, tmp: Path, progress: Progress) -> None:

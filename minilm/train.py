@@ -10,14 +10,16 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DataLoaderConfiguration, GradientAccumulationPlugin, set_seed
+from accelerate.utils import DataLoaderConfiguration, GradientAccumulationPlugin, send_to_device, set_seed
 from tqdm.auto import tqdm
 
 from minilm.config import Config, TrainConfig
+from minilm.data.streaming import StreamedBlocks, with_positions
 from minilm.errors import ConfigError, TrainingError
 from minilm.evaluation import Evaluation, evaluate
 from minilm.hf import load_pretrained
@@ -46,26 +48,24 @@ def train(cfg: Config) -> dict[str, float]:
         tc, p = s.cfg.train, s.progress
         bar = tqdm(total=tc.max_steps, initial=p.step, disable=not accelerator.is_main_process,
                    dynamic_ncols=True, desc="train")
-        evaluation, stop = None, False
-        epoch, skip = divmod(p.micro_batches, len(s.train_loader))
-        while p.step < tc.max_steps and not stop:
-            s.train_loader.set_epoch(epoch)  # accelerate passes it on to the dataset (and to skip loaders)
-            for batch in accelerator.skip_first_batches(s.train_loader, skip) if skip else s.train_loader:
-                if not train_step(s, batch):
-                    continue  # gradients accumulated, no optimizer step yet
-                bar.update(1)
-                log_due = p.step % s.cfg.log.log_interval == 0 or p.step == tc.max_steps
-                eval_due = p.step % tc.eval_interval == 0 or p.step == tc.max_steps
-                if log_due or eval_due:
-                    skipped = int(s.meter.skipped.item())  # the only host sync between log lines
-                    if log_due:
-                        log_train(s, bar, skipped)
-                    check_skipped(s, skipped)  # before any evaluation or save
-                if eval_due:
-                    evaluation, stop = evaluate_and_save(s)
-                if p.step >= tc.max_steps or stop:
+        evaluation = None
+        for batch in batches(s) if p.step < tc.max_steps else ():  # a finished run resumed has nothing left
+            if not train_step(s, batch):
+                continue  # gradients accumulated, no optimizer step yet
+            bar.update(1)
+            log_due = p.step % s.cfg.log.log_interval == 0 or p.step == tc.max_steps
+            eval_due = p.step % tc.eval_interval == 0 or p.step == tc.max_steps
+            if log_due or eval_due:
+                skipped = int(s.meter.skipped.item())  # the only host sync between log lines
+                if log_due:
+                    log_train(s, bar, skipped)
+                check_skipped(s, skipped)  # before any evaluation or save
+            if eval_due:
+                evaluation, stop = evaluate_and_save(s)
+                if stop:
                     break
-            epoch, skip = epoch + 1, 0
+            if p.step >= tc.max_steps:
+                break
     except BaseException:
         if accelerator.is_main_process:
             run.discard_if_new()  # a new run that failed before its first checkpoint leaves nothing behind
@@ -123,6 +123,8 @@ class Session:
     n_params: int
     peak_flops: float | None  # the GPU's peak (MFU is reported only then)
     guard: bool  # skip steps with a non-finite loss or gradient here (fp16's GradScaler does it itself)
+    streamed: bool  # the training text is streamed (data.streaming): batches carry their stream position
+    position: dict | None = None  # where this process's stream stands after the last batch trained on
 
 
 def make_accelerator(cfg: Config) -> Accelerator:
@@ -162,21 +164,27 @@ def set_up(cfg: Config, task: Task, run: RunDir, accelerator: Accelerator) -> Se
         load_init(model, data.init_state, cfg.model.init_from)
     train_loader, val_loader = make_loaders(data)
     optimizer = make_optimizer(model, tc)
-    model, optimizer, train_loader, val_loader = accelerator.prepare(model, optimizer, train_loader, val_loader)
-    # this process's share of the data: with N processes an epoch is 1/N of the batches per process
-    cfg = dataclasses.replace(data.cfg, train=with_epochs(tc, len(train_loader)))
+    streamed = isinstance(data.train, StreamedBlocks)
+    model, optimizer, val_loader = accelerator.prepare(model, optimizer, val_loader)
+    if not streamed:  # a stream is split between the processes already, and its batches carry their position
+        train_loader = accelerator.prepare(train_loader)
+        # this process's share of the data: with N processes an epoch is 1/N of the batches per process
+        cfg = dataclasses.replace(data.cfg, train=with_epochs(tc, len(train_loader)))
     run.metrics.enabled = main
     progress = run.load_state(accelerator) if tc.resume else Progress()
+    if streamed and tc.resume:
+        data.train.position = run.stream_position(accelerator)
     if cfg.log.wandb != "disabled":
         accelerator.init_trackers(cfg.log.project, config=cfg.to_dict(), init_kwargs={
             "wandb": {"mode": cfg.log.wandb, "name": cfg.log.run_name, "dir": str(run.path)}})
     n_params = count_params(accelerator.unwrap_model(model))
-    accelerator.print(f"model: {n_params / 1e6:.2f}M parameters | {len(data.train)} training examples | "
+    examples = "streamed training text" if streamed else f"{len(data.train)} training examples"
+    accelerator.print(f"model: {n_params / 1e6:.2f}M parameters | {examples} | "
                       f"{tc.batch_size * tc.grad_accum * accelerator.num_processes} per step | "
                       f"{accelerator.num_processes} process(es) on {accelerator.device}")
     return Session(cfg, task, run, accelerator, model, optimizer, train_loader, val_loader, progress,
                    Meter.on(accelerator.device, progress.skipped), n_params, device_peak_flops(),
-                   guard=accelerator.scaler is None)
+                   guard=accelerator.scaler is None, streamed=streamed)
 
 
 def load_init(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str | None) -> None:
@@ -191,8 +199,10 @@ def make_loaders(data: TaskData) -> tuple[torch.utils.data.DataLoader, torch.uti
     tc = data.cfg.train
     # an own generator: creating an iterator never draws from the global RNG (which dropout and masking use)
     kw = dict(batch_size=tc.batch_size, pin_memory=torch.cuda.is_available(), generator=torch.Generator())
-    train = torch.utils.data.DataLoader(data.train, collate_fn=data.collate, drop_last=True, **kw)
     val = torch.utils.data.DataLoader(data.val, collate_fn=data.val_collate, **kw)
+    if isinstance(data.train, StreamedBlocks):  # read in this process (masking draws from the saved global RNG)
+        return torch.utils.data.DataLoader(data.train, collate_fn=with_positions(data.collate), **kw), val
+    train = torch.utils.data.DataLoader(data.train, collate_fn=data.collate, drop_last=True, **kw)
     if len(train) < tc.grad_accum:
         raise ConfigError(f"train.batch_size={tc.batch_size} x train.grad_accum={tc.grad_accum} is more than the "
                           f"{len(data.train)} training examples: lower them")
@@ -209,6 +219,21 @@ def with_epochs(tc: TrainConfig, batches: int) -> TrainConfig:
 
 # ---------------------------------------------------------------------------------------------
 # the loop's parts
+
+
+def batches(s: Session) -> Iterator[dict[str, torch.Tensor]]:
+    """Training batches from where the run stands, epoch after epoch: a dataset in its seeded order for the
+    epoch (a resumed run skips what it already trained on), or a stream from its saved position."""
+    if s.streamed:
+        for batch in s.train_loader:  # the stream starts its next epoch by itself
+            s.position = batch.pop("position")
+            yield send_to_device(batch, s.accelerator.device)
+        return
+    epoch, skip = divmod(s.progress.micro_batches, len(s.train_loader))
+    while True:
+        s.train_loader.set_epoch(epoch)  # accelerate passes it on to the dataset (and to skip loaders)
+        yield from s.accelerator.skip_first_batches(s.train_loader, skip) if skip else s.train_loader
+        epoch, skip = epoch + 1, 0
 
 
 def train_step(s: Session, batch: dict[str, torch.Tensor]) -> bool:
@@ -291,8 +316,8 @@ def evaluate_and_save(s: Session) -> tuple[Evaluation, bool]:
     if better and tc.best_metric:
         p.best = ev.metrics[tc.best_metric]
     p.since_best = 0 if better else p.since_best + 1
-    p.epoch = p.micro_batches // len(s.train_loader)
-    s.run.save(acc, s.model, p, weights=better)
+    p.epoch = s.position["epoch"] if s.streamed else p.micro_batches // len(s.train_loader)
+    s.run.save(acc, s.model, p, weights=better, position=s.position)
     s.meter.restart(losses=False)
     stop = bool(tc.early_stopping) and p.since_best >= tc.early_stopping
     if stop:

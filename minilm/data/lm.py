@@ -1,4 +1,5 @@
-"""Causal-LM data: a token stream (prepared shards) -> fixed-length blocks with next-token labels."""
+"""Causal-LM data: a token stream (prepared shards, or text streamed while training) -> fixed-length blocks
+with next-token labels."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import torch
 
 from minilm.config import Config
 from minilm.data.prepared import Prepared, TokenStream
+from minilm.data.streaming import StreamedBlocks, Streamed
 from minilm.errors import DataError
 
 
@@ -44,8 +46,13 @@ class PackedBlocks(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         start = self.offset + int(self.order[i]) * self.block_size
-        chunk = torch.from_numpy(self.tokens[start : start + self.block_size + 1].astype(np.int64))
-        return {"input_ids": chunk[:-1], "labels": chunk[1:]}
+        return lm_example(self.tokens[start : start + self.block_size + 1])
+
+
+def lm_example(chunk: np.ndarray) -> dict[str, torch.Tensor]:
+    """block_size + 1 tokens -> the inputs and their next tokens."""
+    chunk = torch.from_numpy(chunk.astype(np.int64))
+    return {"input_ids": chunk[:-1], "labels": chunk[1:]}
 
 
 def split_stream(cfg: Config, data: Prepared) -> tuple[TokenStream, TokenStream]:
@@ -64,3 +71,9 @@ def build_lm_datasets(cfg: Config, data: Prepared) -> tuple[PackedBlocks, Packed
     train, val = split_stream(cfg, data)
     bs = cfg.model.block_size
     return PackedBlocks(train, bs, shuffle=True, seed=cfg.train.seed), PackedBlocks(val, bs)
+
+
+def build_streamed_lm_datasets(cfg: Config, data: Streamed) -> tuple[StreamedBlocks, PackedBlocks]:
+    """Blocks read in stream order (no shuffling: shuffle the files' documents beforehand if they are sorted)."""
+    bs = cfg.model.block_size
+    return data.blocks(bs + 1, bs, lm_example), PackedBlocks(data.val, bs)

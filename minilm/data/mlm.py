@@ -17,6 +17,7 @@ from tokenizers import Tokenizer
 from minilm.config import DataConfig
 from minilm.data.batch import IGNORE, Shuffled, pad_examples
 from minilm.data.prepared import Prepared, TokenStream
+from minilm.data.streaming import StreamedBlocks, Streamed
 from minilm.errors import DataError
 from minilm.tokenizer import BERT_SPECIALS, CLS, MASK, PAD, SEP
 
@@ -123,6 +124,14 @@ class BlockDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int) -> dict:
         return {"input_ids": [self.cls, *self.stream[i * self.width : (i + 1) * self.width].tolist(), self.sep]}
+
+
+def build_streamed_block_datasets(data: Streamed, max_len: int) -> tuple[StreamedBlocks, BlockDataset]:
+    """MLM-only blocks from text read while training, in stream order."""
+    cls_id, sep_id = _bert_ids(data.tokenizer)
+    width = max_len - 2
+    train = data.blocks(width, width, lambda chunk: {"input_ids": [cls_id, *chunk.tolist(), sep_id]})
+    return train, BlockDataset(data.val, max_len, cls_id, sep_id)
 
 
 class MaskingCollator:

@@ -207,18 +207,7 @@ class _Encoder:
     def flush(self) -> None:
         if not self.pending:
             return
-        texts = [t for t, _ in self.pending if t is not None]
-        try:
-            # the _fast variant (tokenizers >= 0.21) skips the character offsets we never use
-            encode = getattr(self.tok, "encode_batch_fast", self.tok.encode_batch)
-            with _tokenizer_threads():
-                encs = iter(encode(texts, add_special_tokens=False))
-        except Exception as e:  # a character vocabulary has no [UNK]: name the characters it lacks
-            if "Missing [UNK]" not in str(e):
-                raise
-            bad = sorted({c for t in texts for c in unknown_chars(self.tok, t)})
-            raise DataError(f"the text has characters the tokenizer never saw ({''.join(bad[:20])!r}): remove them, "
-                            "or train a new tokenizer on this data (tokenizer.kind=bpe handles any text)") from e
+        encs = iter(encode_texts(self.tok, [t for t, _ in self.pending if t is not None]))
         parts = []
         for text, doc_end in self.pending:
             ids = next(encs).ids if text is not None else []
@@ -232,6 +221,21 @@ class _Encoder:
         self.out.write(np.concatenate(parts).tobytes())
         self.bar.update(self.bytes)
         self.pending, self.chars, self.bytes = [], 0, 0
+
+
+def encode_texts(tok: Tokenizer, texts: list[str]) -> list:
+    """The encodings of `texts` (no special tokens), computed by the tokenizer's own threads."""
+    try:
+        # the _fast variant (tokenizers >= 0.21) skips the character offsets we never use
+        encode = getattr(tok, "encode_batch_fast", tok.encode_batch)
+        with _tokenizer_threads():
+            return encode(texts, add_special_tokens=False)
+    except Exception as e:  # a character vocabulary has no [UNK]: name the characters it lacks
+        if "Missing [UNK]" not in str(e):
+            raise
+        bad = sorted({c for t in texts for c in unknown_chars(tok, t)})
+        raise DataError(f"the text has characters the tokenizer never saw ({''.join(bad[:20])!r}): remove them, "
+                        "or train a new tokenizer on this data (tokenizer.kind=bpe handles any text)") from e
 
 
 @contextlib.contextmanager

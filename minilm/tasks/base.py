@@ -10,7 +10,9 @@ import torch
 from tokenizers import Tokenizer
 
 from minilm.config import Config, ModelConfig
+from minilm.data.pieces import sample_texts
 from minilm.data.prepared import Prepared, prepare
+from minilm.data.streaming import Streamed, open_stream
 from minilm.errors import ConfigError
 from minilm.tokenizer import check_vocab, load_tokenizer, train_tokenizer
 
@@ -52,7 +54,7 @@ class Task:
     metrics: Callable[[Config], tuple[str, ...]]  # what an evaluation reports, without the "val_" prefix
     causal: bool | None = None  # the attention the task needs; None: either
     perplexity: bool = False  # report exp(loss): the loss is a mean over tokens
-    prepared: bool = False  # its text comes from prepared token shards (what `minilm prepare` makes ahead)
+    prepared: bool = False  # pretraining text: prepared token shards (what `minilm prepare` makes ahead) or a stream
 
     def check(self, cfg: Config) -> None:
         """Before any work: the config asks for something this task can do."""
@@ -61,6 +63,9 @@ class Task:
             if cfg.train.best_metric not in names:
                 raise ConfigError(f"train.best_metric={cfg.train.best_metric!r} is not reported by "
                                   f"train.task={self.name}: choose one of {', '.join(names)}")
+        if cfg.data.streaming and not self.prepared:
+            raise ConfigError(f"data.streaming=true is for pretraining text; train.task={self.name} reads its data "
+                              "whole: set data.streaming=false")
         if not cfg.model.init_from:  # else the architecture comes from init_from: checked once it is loaded
             self.check_model(cfg.model)
 
@@ -106,6 +111,12 @@ def prepared_text(cfg: Config, tok: Tokenizer | None, source: Source | None, sen
     """The pretraining text as prepared token shards (made on first use): for the LM tasks."""
     return prepare(cfg, given_tokenizer(cfg, tok, source), lambda texts: train_tokenizer(cfg.tokenizer, texts),
                    sentences=sentences)
+
+
+def streamed_text(cfg: Config, tok: Tokenizer | None, source: Source | None) -> Streamed:
+    """The pretraining text read while training (data.streaming=true); without a tokenizer, one is trained on
+    the first tokenizer.sample_bytes of it."""
+    return open_stream(cfg, choose_tokenizer(cfg, tok, source, sample_texts(cfg)))
 
 
 def with_vocab(cfg: Config, model: ModelConfig, tok: Tokenizer) -> Config:

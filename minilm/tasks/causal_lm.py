@@ -1,4 +1,5 @@
-"""causal_lm: GPT pretraining. Prepared token shards cut into blocks, next-token loss, perplexity."""
+"""causal_lm: GPT pretraining. Prepared token shards (or streamed text) cut into blocks, next-token loss,
+perplexity."""
 
 from __future__ import annotations
 
@@ -6,17 +7,22 @@ import torch
 from tokenizers import Tokenizer
 
 from minilm.config import Config
-from minilm.data.lm import PackedBlocks, build_lm_datasets
+from minilm.data.lm import PackedBlocks, build_lm_datasets, build_streamed_lm_datasets
 from minilm.data.prepared import prepared_files
 from minilm.heads import CausalLM
-from minilm.tasks.base import Source, Task, TaskData, prepared_text, resolve_model, with_vocab
+from minilm.tasks.base import Source, Task, TaskData, prepared_text, resolve_model, streamed_text, with_vocab
 
 
 def prepare(cfg: Config, tok: Tokenizer | None, source: Source | None) -> TaskData:
     model = resolve_model(cfg, source)  # its refusals come before any work
-    data = prepared_text(cfg, tok, source)
-    cfg = with_vocab(cfg, model, data.tokenizer)
-    train, val = build_lm_datasets(cfg, data)
+    if cfg.data.streaming:
+        data = streamed_text(cfg, tok, source)
+        cfg = with_vocab(cfg, model, data.tokenizer)
+        train, val = build_streamed_lm_datasets(cfg, data)
+    else:
+        data = prepared_text(cfg, tok, source)
+        cfg = with_vocab(cfg, model, data.tokenizer)
+        train, val = build_lm_datasets(cfg, data)
     return TaskData(cfg, data.tokenizer, train, val, init_state=source.state if source else None)
 
 
