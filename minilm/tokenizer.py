@@ -5,6 +5,7 @@ A tokenizer is a plain `tokenizers.Tokenizer`; it is saved with each run as `tok
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -87,9 +88,19 @@ def load_tokenizer(path: str | Path) -> Tokenizer:
     if not p.is_file():
         raise ConfigError(f"tokenizer file {str(p)!r} does not exist: give the path of a tokenizer.json")
     try:
-        return Tokenizer.from_file(str(p))
+        tok = Tokenizer.from_file(str(p))
     except Exception as e:  # tokenizers raises a bare Exception on malformed JSON
         raise ConfigError(f"tokenizer file {str(p)!r} could not be read ({e}): give a valid tokenizer.json") from e
+    # Many saved tokenizers pad (or truncate) every text to a fixed length. minilm pads each batch to its
+    # longest example and truncates to the model's positions itself; a fixed padding would make [PAD]
+    # look like real tokens to the collators (attended to, and several times the compute).
+    fixed = [name for name, setting in (("padding", tok.padding), ("truncation", tok.truncation)) if setting]
+    if fixed:
+        tok.no_padding()
+        tok.no_truncation()
+        print(f"minilm: note: {str(p)!r} sets {' and '.join(fixed)}; ignored (minilm pads each batch and truncates "
+              "to the model's positions itself)", file=sys.stderr)
+    return tok
 
 
 def check_vocab(tok: Tokenizer, vocab_size: int, what: str, fix: str, error: type[Exception] = ConfigError) -> None:
