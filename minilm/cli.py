@@ -8,7 +8,7 @@ import sys
 import typing
 from pathlib import Path
 
-from minilm.errors import MinilmError
+from minilm.errors import MinilmError, Stopped
 
 
 class UsageError(MinilmError):
@@ -219,6 +219,14 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_info(args: argparse.Namespace) -> int:
+    from minilm.run import run_info
+
+    for label, text in run_info(args.run_dir).items():
+        print(f"{label + ':':<17} {text}")
+    return 0
+
+
 def cmd_presets(args: argparse.Namespace) -> int:
     import dataclasses
 
@@ -228,12 +236,15 @@ def cmd_presets(args: argparse.Namespace) -> int:
     from minilm.model import count_params
     from minilm.tasks import get_task
 
-    print(f"{'preset':<18} {'layers':>6} {'heads':>5} {'width':>5} {'block':>5} {'params':>10}  (vocab {args.vocab})")
+    print(f"{'preset':<18} {'layers':>6} {'heads':>5} {'width':>5} {'block':>5} {'params':>10}  {'vocab':>6}")
     for name, values in PRESETS.items():
-        cfg = dataclasses.replace(ModelConfig(), **values, vocab_size=args.vocab)
+        cfg = dataclasses.replace(ModelConfig(), **values)
+        # each family at its own vocabulary (GPT-2's BPE, BERT's WordPiece) unless --vocab says otherwise
+        cfg = dataclasses.replace(cfg, vocab_size=args.vocab or (50257 if cfg.causal else 30522))
         with torch.device("meta"):  # count without allocating
             n = count_params(get_task("causal_lm" if cfg.causal else "masked_lm").model(cfg))
-        print(f"{name:<18} {cfg.n_layer:>6} {cfg.n_head:>5} {cfg.n_embd:>5} {cfg.block_size:>5} {n / 1e6:>9.2f}M")
+        print(f"{name:<18} {cfg.n_layer:>6} {cfg.n_head:>5} {cfg.n_embd:>5} {cfg.block_size:>5} {n / 1e6:>9.2f}M  "
+              f"{cfg.vocab_size:>6,}")
     return 0
 
 
@@ -262,7 +273,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_commands(sub)
 
     pr = sub.add_parser("presets", help="list the named model presets with parameter counts")
-    pr.add_argument("--vocab", type=int, default=50257)
+    pr.add_argument("--vocab", type=int, default=0,
+                    help="count every preset at this vocabulary (default: 50,257 for GPT, 30,522 for BERT)")
     pr.set_defaults(func=cmd_presets)
     return p
 
@@ -278,6 +290,10 @@ def _add_run_commands(sub: argparse._SubParsersAction) -> None:
     ev.add_argument("--batch-size", type=int, default=64)
     ev.add_argument("--device", default="cpu")
     ev.set_defaults(func=cmd_eval)
+
+    i = sub.add_parser("info", help="what a run is and where it stands: model, tokenizer, step, metrics, resumable")
+    i.add_argument("run_dir")
+    i.set_defaults(func=cmd_info)
 
     c = sub.add_parser("classify", help="label a text (or lines from standard input) with a classifier run")
     c.add_argument("run_dir")
@@ -318,6 +334,9 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # quiet fork warnings from datasets.map
     try:
         return args.func(args)
+    except Stopped as e:  # not a mistake: the run saved where it stopped
+        print(f"minilm: {e}", file=sys.stderr)
+        return e.code
     except MinilmError as e:
         if args.debug:
             raise

@@ -25,6 +25,9 @@ def _check(cond: bool, key: str, allowed: str, value: Any) -> None:
         raise ConfigError(f"{key}={value!r} is not allowed: {allowed}")
 
 
+POOLINGS = ("cls", "mean", "last")
+
+
 @dataclass
 class ModelConfig:
     """The shared Transformer stack. GPT and BERT differ only in these switches and their heads."""
@@ -52,6 +55,9 @@ class ModelConfig:
     gradient_checkpointing: bool = False  # recompute block activations in backward to save memory
     num_labels: int = 0  # > 0: a sequence classifier over the stack (set by fine-tuning from the labels)
     classifier_dropout: float = 0.1
+    # what a classifier reads (filled in from classify.pooling): "cls" (BERT's pooled [CLS]), "mean" (of the real
+    # tokens, as sentence-transformers pools) or "last" (the last real token, GPT's); "": the model's own
+    pooling: str = ""
 
     @property
     def ffn_dim(self) -> int:
@@ -72,6 +78,11 @@ class ModelConfig:
         _check(self.position_init in ("random", "sinusoidal"), "model.position_init", "'random' or 'sinusoidal'",
                self.position_init)
         _check(self.activation in ("gelu_tanh", "gelu"), "model.activation", "'gelu_tanh' or 'gelu'", self.activation)
+        _check(self.pooling in POOLINGS + ("",), "model.pooling", "'cls', 'mean', 'last' or '' (the model's own)",
+               self.pooling)
+        if self.pooling == "cls" and self.causal:
+            raise ConfigError("classify.pooling=cls reads the first token, which a causal (GPT) model cannot let see "
+                              "the others: use classify.pooling=last or mean")
         if self.n_embd % self.n_head:
             raise ConfigError(
                 f"model.n_embd={self.n_embd} is not divisible by model.n_head={self.n_head}: "
@@ -136,9 +147,14 @@ class ClassifyConfig:
     label_column: str = "label"
     labels: list[str] = field(default_factory=list)  # label names in id order; filled from the training data
     padding_side: str = "right"  # GPT runs classify the last real token under either side
+    # the classifier reads "cls" (BERT's pooled [CLS]), "mean" (of the real tokens) or "last" (the last real
+    # token); None: what model.init_from pools by (a sentence-transformers folder says), else cls for BERT and
+    # last for GPT
+    pooling: str | None = None
 
     def validate(self) -> None:
         _check(self.padding_side in ("left", "right"), "classify.padding_side", "'left' or 'right'", self.padding_side)
+        _check(self.pooling in POOLINGS + (None,), "classify.pooling", "'cls', 'mean' or 'last'", self.pooling)
 
 
 @dataclass
@@ -164,6 +180,7 @@ class TrainConfig:
     # device without a host sync); the run stops with an error once more than this many were skipped (0: at the first).
     max_skipped_steps: int = 20
     eval_interval: int = 250  # steps between evaluations and checkpoints
+    save_interval: int = 0  # also checkpoint every this many steps without evaluating (0: only at evaluations)
     eval_batches: int = 0  # batches per evaluation; 0 means the whole validation set
     mixed_precision: str = "auto"  # "auto" (bf16 on a GPU that has it, else fp32), "no", "bf16", "fp16"
     compile: bool = False  # torch.compile the model
@@ -179,7 +196,8 @@ class TrainConfig:
                "a validation metric such as 'val_accuracy', 'val_f1', 'val_mcc' or 'val_loss'", self.best_metric)
         _check(not self.early_stopping or self.best_metric, "train.early_stopping", "only with train.best_metric set",
                self.early_stopping)
-        for name in ("warmup_steps", "eval_batches", "threads", "epochs", "early_stopping", "max_skipped_steps"):
+        for name in ("warmup_steps", "eval_batches", "threads", "epochs", "early_stopping", "max_skipped_steps",
+                     "save_interval"):
             _check(getattr(self, name) >= 0, f"train.{name}", "zero or a positive integer", getattr(self, name))
         _check(self.lr > 0, "train.lr", "a positive number", self.lr)
         _check(0 <= self.min_lr <= self.lr, "train.min_lr", f"a number between 0 and train.lr={self.lr}", self.min_lr)
@@ -199,6 +217,7 @@ class LogConfig:
     project: str = "minilm"
     run_name: str | None = None
     log_interval: int = 10  # steps between progress-bar / tracker updates
+    tensorboard: bool = False  # also log to TensorBoard, in RUN_DIR/tensorboard (needs the tensorboard package)
 
     def validate(self) -> None:
         _check(self.wandb in ("online", "offline", "disabled"), "log.wandb", "'online', 'offline' or 'disabled'", self.wandb)
@@ -368,6 +387,9 @@ def parse_overrides(overrides: list[str]) -> dict:
 
 def read_yaml(path: str | Path) -> dict:
     p = Path(path)
+    if p.is_dir():
+        raise ConfigError(f"config file {str(p)!r} is a directory: pass the path of a YAML file in it (see configs/), "
+                          "or a run's config.json")
     if not p.is_file():
         raise ConfigError(f"config file {str(p)!r} does not exist: pass the path of a YAML file (see configs/)")
     try:
@@ -383,5 +405,11 @@ def load_config(path: str | Path | None, overrides: list[str] = (), config_cls: 
     raw = read_yaml(path) if path is not None else {}
     if not isinstance(raw, dict):
         raise ConfigError(f"config file {str(path)!r} must hold a mapping of sections (model:, train:, ...)")
-    return config_from_dict(_deep_merge(raw, parse_overrides(list(overrides))), config_cls)
+    given = parse_overrides(list(overrides))
+    # train.epochs sets max_steps; a max_steps given on the command line means this many steps, so it wins
+    # over the file's epochs (a 30-step try of a fine-tuning config stays 30 steps)
+    file_train, cli_train = raw.get("train") or {}, given.get("train", {})
+    if isinstance(file_train, dict) and file_train.get("epochs") and "max_steps" in cli_train and "epochs" not in cli_train:
+        given["train"]["epochs"] = 0
+    return config_from_dict(_deep_merge(raw, given), config_cls)
 

@@ -17,5 +17,13 @@ class CheckpointError(MinilmError):
     pass
 
 
+class Stopped(MinilmError):
+    """Training stopped on a signal (Ctrl-C, SIGTERM) after saving a checkpoint; `code` is the exit status."""
+
+    def __init__(self, message: str, code: int):
+        super().__init__(message)
+        self.code = code
+
+
 class TrainingError(MinilmError):
     """Training cannot go on (e.g. the loss keeps diverging); the last good checkpoint is kept."""

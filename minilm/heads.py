@@ -132,16 +132,18 @@ class MaskedLM(nn.Module):
 
 
 class Classifier(nn.Module):
-    """Sequence classification. BERT: pooled [CLS] -> dropout -> linear. GPT (GPT-1 style): the hidden state
-    of the last real token -> dropout -> linear, with positions counted from the first real token so that
-    left and right padding give the same result.
+    """Sequence classification: a summary of the sequence -> dropout -> linear. The summary (model.pooling) is
+    BERT's pooled [CLS] ("cls", BERT's default), the hidden state of the last real token ("last", GPT-1 style,
+    GPT's default) or the mean over the real tokens ("mean", as sentence-transformers pools). Positions count
+    from the first real token so that left and right padding give the same result.
     """
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.cfg = cfg
+        self.pooling = cfg.pooling or ("last" if cfg.causal else "cls")
         self.transformer = Transformer(cfg)
-        self.pooler = None if cfg.causal else Pooler(cfg)
+        self.pooler = Pooler(cfg) if self.pooling == "cls" else None
         self.drop = nn.Dropout(cfg.classifier_dropout)
         self.head = nn.Linear(cfg.n_embd, cfg.num_labels)
 
@@ -153,9 +155,12 @@ class Classifier(nn.Module):
         position_ids = (mask.cumsum(-1) - 1).clamp(min=0)  # (B, T): 0 at the first real token, whatever the padding
         h = self.transformer(input_ids, segment_ids, attention_mask, position_ids=position_ids)  # (B, T, C)
         rows = torch.arange(h.size(0), device=h.device)
-        if self.cfg.causal:
+        if self.pooling == "last":
             last = input_ids.size(1) - 1 - mask.flip(-1).argmax(-1)  # (B,) index of the last real token
             pooled = h[rows, last]  # (B, C)
+        elif self.pooling == "mean":
+            weights = mask.to(h.dtype)[..., None]  # (B, T, 1)
+            pooled = (h * weights).sum(1) / weights.sum(1).clamp(min=1)  # (B, C)
         else:
             first = mask.argmax(-1)  # (B,) index of [CLS], the first real token
             pooled = self.pooler(h[rows, first][:, None])  # (B, C)

@@ -18,6 +18,7 @@ import json
 import os
 import pickle
 import shutil
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,6 +46,7 @@ class Progress:
     best: float | None = None  # the best value of train.best_metric so far
     since_best: int = 0  # evaluations since it last improved (early stopping)
     skipped: int = 0  # steps skipped for a non-finite loss or gradient
+    seconds: float = 0.0  # wall time spent training (over all sessions), up to this checkpoint
 
     @classmethod
     def read(cls, state: Path) -> Progress:
@@ -98,6 +100,47 @@ def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> tuple[C
     return cfg, model.to(device).eval(), tok
 
 
+def run_info(run_dir: str | Path) -> dict[str, str]:
+    """What a user wants to know of a run before resuming or exporting it, as label -> text."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise CheckpointError(f"run directory {str(run_dir)!r} does not exist: give the out_dir of a training run")
+    cfg = read_config(run_dir)
+    m = cfg.model
+    with torch.device("meta"):  # count without allocating
+        n_params = sum(t.numel() for t in build_model(cfg).parameters())
+    tok = read_tokenizer(run_dir, m.vocab_size)
+    kind = "GPT (causal)" if m.causal else "BERT (bidirectional)"
+    run = RunDir(run_dir)
+    progress = Progress.read(run.state_dir()) if run._has_state() else None
+    records = run.metrics.read()
+    vals = [r for r in records if r.get("split") == "val"]
+    info = {
+        "task": f"{cfg.train.task} on a {kind} stack, {m.n_layer} layers x {m.n_embd} wide, {m.block_size} positions",
+        "parameters": f"{n_params / 1e6:.2f}M",
+        "tokenizer": f"{type(tok.model).__name__}, {tok.get_vocab_size():,} tokens",
+        "step": f"{progress.step if progress else 0} of {cfg.train.max_steps}",
+    }
+    if vals:
+        info["last evaluation"] = _metrics_line(vals[-1])
+    if cfg.train.best_metric and progress is not None and progress.best is not None:
+        info["best"] = f"{cfg.train.best_metric} {progress.best:.4f} (the weights in {MODEL_FILE})"
+    if progress is not None:
+        info["wall time"] = f"{progress.seconds / 60:.1f} min of training up to the checkpoint"
+    if progress is None:
+        info["resumable"] = "no: it holds no checkpoint (start it again without train.resume=true)"
+    elif progress.step >= cfg.train.max_steps:
+        info["resumable"] = "finished; resume with a larger train.max_steps to train on"
+    else:
+        info["resumable"] = f"yes: minilm train {run_dir / CONFIG_FILE} train.resume=true"
+    return info
+
+
+def _metrics_line(record: dict) -> str:
+    shown = ", ".join(f"{k} {v:.4f}" for k, v in record.items() if k.startswith("val_") and isinstance(v, float))
+    return f"step {record['step']}: {shown}"
+
+
 class RunDir:
     """A training run's directory: created once, checkpointed at evaluations, continued by resume."""
 
@@ -105,18 +148,31 @@ class RunDir:
         self.path = Path(path)
         self.metrics = MetricsLog(self.path / METRICS_FILE, enabled=False)  # enabled on the main process
         self.new = False  # created by this process and not yet holding a checkpoint
+        self.restart = False  # the directory holds a start that stopped before its first checkpoint
 
     def _has_state(self) -> bool:
         return any((self.path / name / PROGRESS_FILE).exists() for name in (STATE_DIR, f"{STATE_DIR}.old"))
 
     def check(self, resume: bool) -> None:
-        """Before any work: a new run never reuses a directory that holds a run; resume needs one."""
+        """Before any work: a new run never reuses a directory that holds a run; resume needs one. A run that was
+        killed before its first checkpoint left nothing to resume: it may be started again."""
         if resume and not ((self.path / CONFIG_FILE).exists() and self._has_state()):
+            if self._no_checkpoint():
+                raise CheckpointError(f"{str(self.path)!r} holds no checkpoint (its run stopped before the first "
+                                      "one): start it again without train.resume=true")
             raise CheckpointError(f"train.resume=true but {str(self.path)!r} holds no saved training state: "
                                   "start without resume")
         if not resume and self.path.exists() and any(self.path.iterdir()):
+            if self._no_checkpoint():
+                self.restart = True  # create() clears what the stopped start left
+                return
             raise CheckpointError(f"out_dir {str(self.path)!r} already exists and is not empty: pass "
                                   "train.resume=true to continue it, or choose another train.out_dir")
+
+    def _no_checkpoint(self) -> bool:
+        """Only what a start writes before its first checkpoint is here (a run killed that early)."""
+        return (self.path / CONFIG_FILE).is_file() and not self._has_state() and all(
+            p.name in _EARLY_FILES for p in self.path.iterdir())
 
     def resumed_config(self, cfg: Config) -> Config:
         """cfg with the saved run's resolved model (vocabulary, labels, init_from's architecture) and labels."""
@@ -125,7 +181,7 @@ class RunDir:
             same = saved.model.init_from == cfg.model.init_from
         else:
             same = saved.model == dataclasses.replace(cfg.model, vocab_size=saved.model.vocab_size,
-                                                      num_labels=saved.model.num_labels)
+                                                      num_labels=saved.model.num_labels, pooling=saved.model.pooling)
         if not same or saved.train.task != cfg.train.task:
             raise ConfigError(f"the model section or train.task differs from the one saved in {str(self.path)!r}: "
                               "resume with the same config")
@@ -141,6 +197,12 @@ class RunDir:
         except OSError as e:
             raise CheckpointError(f"cannot write to train.out_dir={str(self.path)!r} ({e.strerror or e}): "
                                   "choose a writable directory") from e
+        if self.restart:
+            print(f"minilm: note: starting {str(self.path)!r} again: its run stopped before its first checkpoint",
+                  file=sys.stderr)
+            for p in self.path.iterdir():
+                if p.name not in (CONFIG_FILE, TOKENIZER_FILE):  # those two are rewritten below
+                    shutil.rmtree(p) if p.is_dir() else p.unlink()
         self.new = True
         runfiles.write_json(self.path / CONFIG_FILE, cfg.to_dict())
         tok.save(str(self.path / TOKENIZER_FILE))
@@ -163,7 +225,9 @@ class RunDir:
         progress = Progress.read(state)
         try:
             for path in sorted(state.iterdir()):
-                if path.suffix in (".bin", ".pkl", ".pt"):
+                if path.suffix == ".safetensors":
+                    runfiles.read_safetensors(path)  # a planted pickle or a cut file is named as what it is
+                elif path.suffix in (".bin", ".pkl", ".pt"):
                     accelerate_load(path, map_location="cpu")  # weights_only=True, plus accelerate's numpy allowances
             accelerator.load_state(str(state))
         except pickle.UnpicklingError as e:
@@ -226,6 +290,11 @@ class RunDir:
         """A new run that failed before its first checkpoint leaves nothing behind."""
         if self.new:
             shutil.rmtree(self.path, ignore_errors=True)
+
+
+# what a run directory holds before its first checkpoint (and the leftovers of a save cut short)
+_EARLY_FILES = {CONFIG_FILE, TOKENIZER_FILE, METRICS_FILE, f"{STATE_DIR}.tmp", f".{MODEL_FILE}.tmp", "wandb", "tensorboard",
+                "loss.png"}
 
 
 def _position_file(rank: int) -> str:

@@ -76,7 +76,22 @@ def read_safetensors(path: Path) -> State:
     try:
         return load_file(str(path))
     except (SafetensorError, OSError, ValueError) as e:
-        raise CheckpointError(f"{str(path)!r} is not a readable safetensors file ({e}): it may be truncated") from e
+        raise CheckpointError(f"{str(path)!r} is not a readable safetensors file: {what_it_is(path)}") from e
+
+
+def what_it_is(path: Path) -> str:
+    """What a file that should hold safetensors holds instead, judged by its first bytes, and what to do."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(8)
+    except OSError as e:
+        return f"it cannot be read ({e.strerror or e})"
+    if head[:1] == b"\x80" or head[:4] == b"PK\x03\x04":  # pickle protocol 2+, or torch.save's zip of pickles
+        return ("it is a pickle (torch.save format: Python objects that can run code when loaded); it was not "
+                "loaded; use weights saved as safetensors, from a source you trust")
+    if len(head) < 8:
+        return f"it holds only {len(head)} bytes (cut short?): restore it from the run or folder that wrote it"
+    return "its header is damaged or it was cut short: restore it from the run or folder that wrote it"
 
 
 def check_state(want: Mapping[str, tuple[int, ...]], got: Mapping[str, torch.Tensor], where: str, fix: str,

@@ -8,19 +8,24 @@ every log.log_interval steps, and `evaluate_and_save` every train.eval_interval 
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import math
+import signal
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DataLoaderConfiguration, GradientAccumulationPlugin, send_to_device, set_seed
+from accelerate.utils import (DataLoaderConfiguration, GradientAccumulationPlugin, ProjectConfiguration, send_to_device,
+                               set_seed)
 from tqdm.auto import tqdm
 
 from minilm.config import Config, TrainConfig
 from minilm.data.streaming import StreamedBlocks, with_positions
-from minilm.errors import ConfigError, TrainingError
+from minilm.errors import ConfigError, Stopped, TrainingError
 from minilm.evaluation import Evaluation, evaluate
 from minilm.hf import load_pretrained
 from minilm.metrics import format_confusion
@@ -28,7 +33,7 @@ from minilm.model import count_params
 from minilm.optim import lr_at, make_optimizer, skip_step_if
 from minilm.report import device_peak_flops, peak_memory_mb, plot_losses, training_flops
 from minilm.run import Progress, RunDir
-from minilm.runfiles import TOKENIZER_FILE, check_state
+from minilm.runfiles import CONFIG_FILE, TOKENIZER_FILE, check_state
 from minilm.tasks import Task, TaskData, get_task
 from minilm.tokenizer import load_tokenizer
 
@@ -45,6 +50,7 @@ def train(cfg: Config) -> dict[str, float]:
     s, bar = None, None
     try:
         s = set_up(cfg, task, run, accelerator)
+        signals = StopSignals()
         tc, p = s.cfg.train, s.progress
         bar = tqdm(total=tc.max_steps, initial=p.step, disable=not accelerator.is_main_process,
                    dynamic_ncols=True, desc="train")
@@ -60,12 +66,17 @@ def train(cfg: Config) -> dict[str, float]:
                 if log_due:
                     log_train(s, bar, skipped)
                 check_skipped(s, skipped)  # before any evaluation or save
+            save_due = not eval_due and tc.save_interval and p.step % tc.save_interval == 0
             if eval_due:
                 evaluation, stop = evaluate_and_save(s)
                 if stop:
                     break
+            elif save_due:
+                checkpoint(s, weights=tc.best_metric is None)  # the latest weights, unless the best are kept
             if p.step >= tc.max_steps:
                 break
+            if signals.agreed(s, log_due or eval_due):
+                stop_on_signal(s, signals, saved=eval_due or save_due)
     except BaseException:
         if accelerator.is_main_process:
             run.discard_if_new()  # a new run that failed before its first checkpoint leaves nothing behind
@@ -73,6 +84,8 @@ def train(cfg: Config) -> dict[str, float]:
     finally:
         if bar is not None:
             bar.close()
+        if s is not None:
+            signals.restore()
     return finish(s, evaluation)
 
 
@@ -125,6 +138,7 @@ class Session:
     guard: bool  # skip steps with a non-finite loss or gradient here (fp16's GradScaler does it itself)
     streamed: bool  # the training text is streamed (data.streaming): batches carry their stream position
     position: dict | None = None  # where this process's stream stands after the last batch trained on
+    started: float = dataclasses.field(default_factory=time.perf_counter)  # this session's start
 
 
 def make_accelerator(cfg: Config) -> Accelerator:
@@ -137,13 +151,25 @@ def make_accelerator(cfg: Config) -> Accelerator:
     accelerator = Accelerator(
         mixed_precision=mixed,
         gradient_accumulation_plugin=GradientAccumulationPlugin(num_steps=tc.grad_accum, sync_with_dataloader=False),
-        log_with="wandb" if cfg.log.wandb != "disabled" else None, project_dir=tc.out_dir,
+        log_with=trackers(cfg) or None,
+        project_config=ProjectConfiguration(project_dir=tc.out_dir, logging_dir=str(Path(tc.out_dir) / "tensorboard")),
         dataloader_config=DataLoaderConfiguration(non_blocking=torch.cuda.is_available()),
         dynamo_backend="inductor" if tc.compile else None,
     )
     if torch.cuda.is_available():
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     return accelerator
+
+
+def trackers(cfg: Config) -> list[str]:
+    """The experiment trackers the log section asks for, through accelerate."""
+    names = ["wandb"] if cfg.log.wandb != "disabled" else []
+    if cfg.log.tensorboard:
+        if importlib.util.find_spec("tensorboard") is None and importlib.util.find_spec("tensorboardX") is None:
+            raise ConfigError("log.tensorboard=true needs the tensorboard package: pip install tensorboard (or "
+                              "minilm[tensorboard]), or set log.tensorboard=false")
+        names.append("tensorboard")
+    return names
 
 
 def set_up(cfg: Config, task: Task, run: RunDir, accelerator: Accelerator) -> Session:
@@ -174,8 +200,8 @@ def set_up(cfg: Config, task: Task, run: RunDir, accelerator: Accelerator) -> Se
     progress = run.load_state(accelerator) if tc.resume else Progress()
     if streamed and tc.resume:
         data.train.position = run.stream_position(accelerator)
-    if cfg.log.wandb != "disabled":
-        accelerator.init_trackers(cfg.log.project, config=cfg.to_dict(), init_kwargs={
+    if trackers(cfg):
+        accelerator.init_trackers(cfg.log.project, config=flat_config(cfg), init_kwargs={
             "wandb": {"mode": cfg.log.wandb, "name": cfg.log.run_name, "dir": str(run.path)}})
     n_params = count_params(accelerator.unwrap_model(model))
     examples = "streamed training text" if streamed else f"{len(data.train)} training examples"
@@ -185,6 +211,12 @@ def set_up(cfg: Config, task: Task, run: RunDir, accelerator: Accelerator) -> Se
     return Session(cfg, task, run, accelerator, model, optimizer, train_loader, val_loader, progress,
                    Meter.on(accelerator.device, progress.skipped), n_params, device_peak_flops(),
                    guard=accelerator.scaler is None, streamed=streamed)
+
+
+def flat_config(cfg: Config) -> dict[str, int | float | str | bool]:
+    """The config as "section.key" -> value (lists as text): what every tracker can store as hyperparameters."""
+    return {f"{section}.{key}": value if isinstance(value, (int, float, str, bool)) else str(value)
+            for section, values in cfg.to_dict().items() for key, value in values.items()}
 
 
 def load_init(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str | None) -> None:
@@ -316,13 +348,60 @@ def evaluate_and_save(s: Session) -> tuple[Evaluation, bool]:
     if better and tc.best_metric:
         p.best = ev.metrics[tc.best_metric]
     p.since_best = 0 if better else p.since_best + 1
-    p.epoch = s.position["epoch"] if s.streamed else p.micro_batches // len(s.train_loader)
-    s.run.save(acc, s.model, p, weights=better, position=s.position)
+    checkpoint(s, weights=better)
     s.meter.restart(losses=False)
     stop = bool(tc.early_stopping) and p.since_best >= tc.early_stopping
     if stop:
         acc.print(f"early stop: {tc.best_metric} has not improved in {tc.early_stopping} evaluations")
     return ev, stop
+
+
+def checkpoint(s: Session, weights: bool) -> None:
+    """Save the training state (and, with `weights`, model.safetensors) where the run stands now."""
+    p = s.progress
+    p.epoch = s.position["epoch"] if s.streamed else p.micro_batches // len(s.train_loader)
+    now = time.perf_counter()
+    p.seconds, s.started = p.seconds + now - s.started, now
+    s.run.save(s.accelerator, s.model, p, weights=weights, position=s.position)
+
+
+class StopSignals:
+    """Ctrl-C (SIGINT) and SIGTERM ask the loop to save and stop at the next step boundary; a second one
+    stops at once. With several processes they agree at the next log line (one small all-reduce there)."""
+
+    def __init__(self):
+        self.signum, self.before = 0, {}
+        if threading.current_thread() is threading.main_thread():  # signal handlers live on the main thread only
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self.before[sig] = signal.signal(sig, self._handle)
+
+    def _handle(self, signum: int, frame) -> None:
+        self.signum = signum
+        self.restore()  # a second signal acts at once
+
+    def restore(self) -> None:
+        for sig, handler in self.before.items():
+            signal.signal(sig, handler)
+        self.before = {}
+
+    def agreed(self, s: Session, synced_step: bool) -> bool:
+        acc = s.accelerator
+        if acc.num_processes == 1:
+            return bool(self.signum)
+        if not synced_step:
+            return False
+        flag = acc.reduce(torch.tensor(float(self.signum), device=acc.device), "max")
+        self.signum = self.signum or int(flag.item())
+        return bool(self.signum)
+
+
+def stop_on_signal(s: Session, signals: StopSignals, saved: bool) -> None:
+    """Checkpoint (unless this step just did) and stop, saying how to continue."""
+    if not saved:
+        checkpoint(s, weights=s.cfg.train.best_metric is None)
+    name = signal.Signals(signals.signum).name
+    raise Stopped(f"stopped by {name} at step {s.progress.step}; the checkpoint is saved. Continue with: minilm train "
+                  f"{s.run.path / CONFIG_FILE} train.resume=true", 128 + signals.signum)
 
 
 def improved(metric: str | None, result: dict[str, float], best: float | None) -> bool:

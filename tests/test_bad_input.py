@@ -55,6 +55,7 @@ def runs(tmp_path_factory, trained_run) -> dict[str, Path]:
 
     broken("shape_mismatch", wider)
     broken("bad_json", lambda d: (d / "config.json").write_text("{not json"))
+    broken("pickled", lambda d: torch.save({"w": torch.zeros(2)}, d / "model.safetensors"))
     broken("big_vocab", lambda d: shutil.copy(out["bert"] / "tokenizer.json", d / "tokenizer.json"))
     return out
 
@@ -84,6 +85,8 @@ def files(tmp_path_factory) -> dict[str, Path]:
         "no_label_col": write("nolabel.tsv", "\n".join(line.replace("label\t", "kind\t", 1) if i == 0 else line
                                                        for i, line in enumerate(trec[:200])) + "\n"),
         "unseen_label": write("unseen.tsv", trec[0] + "\nSARCASM\tx\tIs this a new label ?\n"),
+        "broken_jsonl": write("broken.jsonl", '{"sentence": "good", "label": 1}\n{"sentence": "bad", "label": 0}\n'
+                                              '{"sentence": "oops", "label": \n{"sentence": "ok", "label": 1}\n'),
     }
 
 
@@ -136,7 +139,12 @@ def cases(runs: dict[str, Path], files: dict[str, Path], tmp: Path) -> dict[str,
         # checkpoints
         "run dir missing": (("sample", str(tmp / "no-run")), "no-run"),
         "weights missing": (("sample", str(runs["no_weights"])), "model.safetensors"),
-        "weights truncated": (("sample", str(runs["truncated"])), "truncated"),
+        "weights truncated": (("sample", str(runs["truncated"])), "cut short"),
+        "pickle planted as weights": (("sample", str(runs["pickled"])), "is a pickle"),
+        "directory as config": (("train", str(tmp)), "is a directory"),
+        "JSONL with a broken line": (ft("a", f"data.train_files=[{files['broken_jsonl']}]",
+                                        f"data.val_files=[{files['broken_jsonl']}]", "data.text_column=sentence"),
+                                     "line 3"),
         "config/weights shape mismatch": (("sample", str(runs["shape_mismatch"])), "shape"),
         "config.json not JSON": (("sample", str(runs["bad_json"])), "JSON"),
         "tokenizer larger than model": (("sample", str(runs["big_vocab"])), "tokenizer.json"),

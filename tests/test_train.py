@@ -157,6 +157,7 @@ def test_resume_after_interruption_is_exact(resume_data, tmp_path, monkeypatch):
     assert_same_weights(tmp_path / "a", tmp_path / "b")
     pa = json.loads((tmp_path / "a" / "state" / "progress.json").read_text())
     pb = json.loads((tmp_path / "b" / "state" / "progress.json").read_text())
+    assert pa.pop("seconds") > 0 and pb.pop("seconds") > 0  # wall time: the one field that differs
     assert pa == pb and pa["step"] == 12
 
 
@@ -425,3 +426,17 @@ def test_a_new_task_is_one_registry_entry(make_cfg, tmp_path, monkeypatch):
     assert set(result) == {"val_loss", "val_ppl"}
     cfg, model, _ = load_run(tmp_path / "run")
     assert cfg.train.task == "toy_lm" and type(model) is OtherLM
+
+
+def test_a_run_killed_before_its_first_checkpoint_starts_again(make_cfg, tmp_path, trained_run):
+    early = tmp_path / "early"  # what a start killed before its first checkpoint leaves behind
+    early.mkdir()
+    for name in ("config.json", "tokenizer.json"):
+        shutil.copy(trained_run.run_dir / name, early / name)
+    (early / "metrics.jsonl").write_text('{"split": "train", "step": 1, "loss": 9.0}\n{"spl', encoding="utf-8")
+    with pytest.raises(CheckpointError, match="stopped before the first one.*without train.resume=true"):
+        train(make_cfg("train.resume=true", out_dir=early))
+    train(make_cfg("train.max_steps=10", out_dir=early))  # started again: the leftovers are replaced
+    steps = [r["step"] for r in read_metrics(early) if r["split"] == "train"]
+    assert steps == sorted(steps) and 9.0 not in [r.get("loss") for r in read_metrics(early)]
+    assert (early / "state" / "progress.json").is_file()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import glob
+import json
 import os
 from pathlib import Path
 
@@ -73,10 +74,38 @@ def load_files(files: list[str], **builder_kwargs) -> datasets.Dataset:
         builder_kwargs.setdefault("sample_by", "document")
     if files[0].lower().endswith(".tsv"):
         builder_kwargs.setdefault("delimiter", "\t")
+    level = datasets.logging.get_verbosity()
+    datasets.logging.set_verbosity(datasets.logging.CRITICAL)  # its own log line of a parse error: ours says it
     try:
         return datasets.load_dataset(builder, data_files=files, split="train", **builder_kwargs)
     except Exception as e:  # datasets wraps parser errors in several exception types
+        if builder == "json":
+            for f in files:
+                line = bad_json_line(f)
+                if line is not None:
+                    raise DataError(f"{f!r} line {line[0]} is not valid JSON ({line[1]}): fix or remove that "
+                                    "line") from e
         raise DataError(f"could not read {files[0]!r}{' and others' if len(files) > 1 else ''}: {_short(e)}") from e
+    finally:
+        datasets.logging.set_verbosity(level)
+
+
+def bad_json_line(path: str) -> tuple[int, str] | None:
+    """(line number, why) of the first line of a JSON Lines file that is not a JSON object; None if all are
+    (or the file is one JSON document, which its parser judges)."""
+    if not path.lower().endswith(".jsonl"):
+        return None
+    with open(path, encoding="utf-8", errors="replace") as fh:
+        for number, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                return number, e.msg
+            if not isinstance(row, dict):
+                return number, f"a {type(row).__name__}, not an object"
+    return None
 
 
 def _short(e: Exception) -> str:

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from minilm.config import Config
-from minilm.data.files import BUILDERS, check_utf8, resolve_files
+from minilm.data.files import BUILDERS, bad_json_line, check_utf8, resolve_files
 from minilm.data.sentences import PARAGRAPH_BREAK
 from minilm.errors import DataError
 from minilm.tokenizer import limit_text
@@ -78,6 +78,9 @@ def _row_pieces(path: str, column: str) -> Iterator[tuple[str, bool]]:
     except DataError:
         raise
     except Exception as e:  # datasets wraps parser errors in several exception types
+        line = bad_json_line(path)
+        if line is not None:
+            raise DataError(f"{path!r} line {line[0]} is not valid JSON ({line[1]}): fix or remove that line") from e
         raise DataError(f"could not read {path!r}: {str(e).strip().splitlines()[0][:200]}") from e
 
 

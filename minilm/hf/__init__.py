@@ -87,6 +87,24 @@ _IMPORTERS: dict[str, tuple[Callable[[dict[str, Any], State, Path], tuple[ModelC
     "gpt2": (gpt2.load, "causal_lm"), "bert": (bert.load, "masked_lm")}
 
 
+def sentence_pooling(path: Path) -> str | None:
+    """How a sentence-transformers folder (modules.json + a Pooling module's config.json) pools: "cls",
+    "mean", or None (no such folder, or a pooling minilm does not have, such as max)."""
+    if not (path / "modules.json").is_file():
+        return None
+    try:
+        modules = json.loads((path / "modules.json").read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{str(path / 'modules.json')!r} is not readable JSON ({e}): restore it") from e
+    for module in modules if isinstance(modules, list) else []:
+        if isinstance(module, dict) and str(module.get("type", "")).endswith("Pooling"):
+            pooling = read_json(path / module.get("path", "") / CONFIG_FILE)
+            for key, name in (("pooling_mode_cls_token", "cls"), ("pooling_mode_mean_tokens", "mean")):
+                if pooling.get(key):
+                    return name
+    return None
+
+
 def load_pretrained(path: str | Path) -> Source:
     """Config, weights (our names) and tokenizer of a minilm run directory or a local Hugging Face GPT-2 / BERT folder."""
     path = Path(path)
@@ -117,4 +135,4 @@ def load_pretrained(path: str | Path) -> Source:
     with torch.device("meta"):  # the names and shapes the task model expects, without allocating
         want = shapes(get_task(task).model(cfg))
     check_state(want, state, repr(str(path)), "restore the files written together")
-    return Source(task, cfg, state, tok)
+    return Source(task, cfg, state, tok, pooling=cfg.pooling or sentence_pooling(path))

@@ -59,6 +59,10 @@ def _bert_modules(n_layer: int) -> list[tuple[str, str, bool]]:
 
 
 def check(cfg: ModelConfig) -> None:
+    if cfg.num_labels and cfg.pooling not in ("", "cls"):
+        raise CheckpointError(f"a classifier with classify.pooling={cfg.pooling} cannot be exported: "
+                              "BertForSequenceClassification reads the pooled [CLS]; fine-tune with classify.pooling=cls "
+                              "to export")
     if cfg.norm != "post":
         raise CheckpointError(f"model.norm={cfg.norm!r} cannot be exported: BERT is post-LN, so only bidirectional "
                               "runs with model.norm='post' (the bert-* presets) can be written as a BERT folder")

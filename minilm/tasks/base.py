@@ -28,6 +28,7 @@ class Source:
     model: ModelConfig
     state: State
     tokenizer: Tokenizer
+    pooling: str | None = None  # how its sentence embeddings are pooled, where the folder says (sentence-transformers)
 
 
 @dataclass

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import sys
 
 import datasets
 from tokenizers import Tokenizer
@@ -36,15 +37,31 @@ def prepare(cfg: Config, tok: Tokenizer | None, source: Source | None) -> TaskDa
         raise ConfigError(f"the training data has only the label {labels}: classification needs at least two")
     tok = choose_tokenizer(cfg, tok, source, iter_table_texts(train_tab, cfg))
     cfg = with_vocab(cfg, resolve_model(cfg, source), tok)
-    cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, num_labels=len(labels)),
-                              classify=dataclasses.replace(cfg.classify, labels=labels))
+    pooling = choose_pooling(cfg, source)
+    cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, num_labels=len(labels), pooling=pooling),
+                              classify=dataclasses.replace(cfg.classify, labels=labels, pooling=pooling))
+    cfg.model.validate()  # a pooling the model cannot do
     state = None
     if source is not None:  # the pretrained stack (and BERT pooler); the source's task heads are dropped
-        state = {k: v for k, v in source.state.items() if k.startswith(("transformer.", "pooler."))}
+        keep = ("transformer.", "pooler.") if pooling == "cls" else ("transformer.",)
+        state = {k: v for k, v in source.state.items() if k.startswith(keep)}
     train = encode_table(train_tab, tok, cfg, labels, "data.train_files")
     val = encode_table(val_tab, tok, cfg, labels, "data.val_files")
     collate = collator(cfg, tok)
     return TaskData(cfg, tok, Shuffled(train, cfg.train.seed), val, collate, collate, state)
+
+
+def choose_pooling(cfg: Config, source: Source | None) -> str:
+    """classify.pooling, else what init_from pools by (a sentence-transformers folder), else the model's own."""
+    if cfg.classify.pooling:
+        return cfg.classify.pooling
+    if source is not None and source.pooling and source.pooling != "cls":
+        print(f"minilm: note: model.init_from={cfg.model.init_from!r} pools by {source.pooling}; the classifier "
+              f"does too (classify.pooling={source.pooling}; set classify.pooling=cls for a [CLS] pooler)",
+              file=sys.stderr)
+        return source.pooling
+    causal = source.model.causal if source is not None else cfg.model.causal
+    return "last" if causal else "cls"
 
 
 def eval_data(cfg: Config, tok: Tokenizer, files: list[str]) -> tuple[datasets.Dataset, PadCollator]:
