@@ -143,12 +143,21 @@ def _check_sample_args(args: argparse.Namespace, vocab: int) -> None:
         raise UsageError(f"--top-p {args.top_p} is outside (0, 1]: choose a value such as 0.9")
     if args.num_samples < 1:
         raise UsageError(f"--num-samples {args.num_samples} must be at least 1")
+    if args.beams is not None:
+        if args.beams < 1:
+            raise UsageError(f"--beams {args.beams} must be at least 1 (1 is greedy decoding)")
+        if not 1 <= args.n_best <= args.beams:
+            raise UsageError(f"--n-best {args.n_best} is outside 1..{args.beams} (--beams): the search keeps only "
+                             "that many")
+        if args.top_k is not None or args.top_p is not None or args.num_samples > 1:
+            raise UsageError("--beams searches for the most probable text; --top-k, --top-p and --num-samples are "
+                             "for sampling: drop them, or drop --beams")
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
     import torch
 
-    from minilm.generate import generate
+    from minilm.generate import beam_search, generate
     from minilm.tokenizer import eot_id, unknown_chars
 
     cfg, model, tok = _load(args.run_dir, args.device, "causal_lm", "a GPT language model",
@@ -163,6 +172,13 @@ def cmd_sample(args: argparse.Namespace) -> int:
         if eot is None:
             raise UsageError("an empty prompt needs an end-of-text token, which this tokenizer lacks: give --prompt")
         ids = [eot]  # a fresh document starts after an end-of-text token
+    if args.beams is not None:
+        found = beam_search(model, ids, args.beams, args.max_new_tokens, eot, args.length_penalty, args.n_best,
+                            use_cache=not args.no_cache)
+        for h in found:  # best first, each with its length-normalized log-probability
+            text = args.prompt + tok.decode(h.tokens)
+            print(f"[{h.score:.4f}] {text}" if args.n_best > 1 else text, flush=True)
+        return 0
     temperature = 0.0 if args.greedy else args.temperature
     gen = torch.Generator(device=args.device).manual_seed(args.seed)
     for s in range(args.num_samples):
@@ -313,6 +329,10 @@ def _add_run_commands(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--num-samples", type=int, default=1)
     s.add_argument("--seed", type=int, default=1337)
     s.add_argument("--no-cache", action="store_true", help="recompute the whole context each step (slower)")
+    s.add_argument("--beams", type=int, default=None, help="beam search with this many beams instead of sampling")
+    s.add_argument("--n-best", type=int, default=1, help="with --beams: print this many best texts, with scores")
+    s.add_argument("--length-penalty", type=float, default=1.0,
+                   help="with --beams: score = log-probability / length ** this (0: total log-probability)")
     s.add_argument("--device", default="cpu")
     s.set_defaults(func=cmd_sample)
 

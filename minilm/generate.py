@@ -1,8 +1,9 @@
-"""Sampling from a causal LM: greedy, temperature, top-k, top-p, with a KV cache."""
+"""Decoding a causal LM: sampling (greedy, temperature, top-k, top-p) and beam search, with a KV cache."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import torch
 
@@ -70,3 +71,76 @@ def generate(model: CausalLM, idx: torch.Tensor, max_new_tokens: int, temperatur
         yield nxt
         if eot is not None and bool(done.all()):
             return
+
+
+@dataclass
+class Hypothesis:
+    tokens: list[int]  # the generated tokens (the end-of-text token, where it was chosen, not included)
+    score: float  # total log-probability / (generated tokens, end-of-text included) ** length_penalty
+
+
+def _next_logits(model: CausalLM, seq: torch.Tensor, cache: KVCache | None, first: bool) -> torch.Tensor:
+    """Next-token logits (B, V) of every row of seq (B, T), over its last block_size tokens; with the cache,
+    only the newest token is fed unless the cache must be (re)filled."""
+    block = model.cfg.block_size
+    if cache is None:
+        return model(seq[:, -block:], last_only=True).logits[:, -1]
+    if first or seq.size(1) > block:  # fill, or refill once the window slid (positions shift)
+        cache.length = 0
+        return model(seq[:, -block:], cache=cache, last_only=True).logits[:, -1]
+    return model(seq[:, -1:], cache=cache, last_only=True).logits[:, -1]
+
+
+@torch.inference_mode()
+def beam_search(model: CausalLM, prompt: list[int], beams: int, max_new_tokens: int, eot: int | None = None,
+                length_penalty: float = 1.0, n_best: int = 1, use_cache: bool = True) -> list[Hypothesis]:
+    """The n_best continuations of `prompt` found by keeping the `beams` most probable partial sequences
+    at every step, best first. A hypothesis ends when it chooses `eot`; the search stops once `beams`
+    have ended and no live one can still beat them, or after max_new_tokens (live beams then count too).
+    """
+    device = model.transformer.tok_emb.weight.device
+    seq = torch.tensor([prompt] * beams, device=device)  # (k, T): every beam starts as the prompt
+    scores = torch.full((beams,), float("-inf"), device=device)
+    scores[0] = 0.0  # one live beam at first, so the first step picks the k best distinct tokens
+    cache = KVCache(model.cfg, beams, model.cfg.block_size, device, model.transformer.tok_emb.weight.dtype) \
+        if use_cache else None
+    finished: list[Hypothesis] = []
+    norm = lambda total, n: total / n ** length_penalty  # noqa: E731
+    settled = False  # stopped because the ended hypotheses cannot be beaten
+    for step in range(1, max_new_tokens + 1):
+        logp = torch.log_softmax(_next_logits(model, seq, cache, step == 1).float(), -1)  # (k, V)
+        V = logp.size(-1)
+        top, flat = (scores[:, None] + logp).view(-1).topk(min(2 * beams, beams * V))  # (2k,) candidates
+        parents, tokens, keep = [], [], []
+        for total, index in zip(top.tolist(), flat.tolist()):
+            if total == float("-inf"):
+                break
+            parent, token = divmod(index, V)
+            if token == eot:  # an ended hypothesis; only those ranked among the k best live ones count
+                if len(parents) < beams:
+                    finished.append(Hypothesis(seq[parent, len(prompt):].tolist(), norm(total, step)))
+                continue
+            parents.append(parent)
+            tokens.append(token)
+            keep.append(total)
+            if len(parents) == beams:
+                break
+        if not parents:
+            settled = True
+            break
+        while len(parents) < beams:  # fewer live candidates than beams (a tiny vocabulary): pad with dead rows
+            parents.append(parents[0])
+            tokens.append(tokens[0])
+            keep.append(float("-inf"))
+        rows = torch.tensor(parents, device=device)
+        seq = torch.cat([seq[rows], torch.tensor(tokens, device=device)[:, None]], dim=1)  # (k, T + 1)
+        scores = torch.tensor(keep, device=device)
+        if cache is not None:
+            cache.reorder(rows)
+        ended = sorted(h.score for h in finished)[-beams:]
+        if len(ended) >= beams and norm(max(keep), step) < ended[0]:
+            settled = True  # no live beam can still rank among the best ended ones (at this length)
+            break
+    live = [] if settled else [Hypothesis(seq[i, len(prompt):].tolist(), norm(t, seq.size(1) - len(prompt)))
+                               for i, t in enumerate(scores.tolist()) if t != float("-inf")]
+    return sorted(finished + live, key=lambda h: h.score, reverse=True)[:n_best]

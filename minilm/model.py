@@ -34,6 +34,11 @@ class KVCache:
         self.v[layer, :, :, self.length : end] = v
         return self.k[layer, :, :, :end], self.v[layer, :, :, :end]  # (B, nh, end, hs)
 
+    def reorder(self, rows: torch.Tensor) -> None:
+        """Keep row rows[i] of the cache as row i (beam search: each beam continues its parent's cache)."""
+        self.k = self.k.index_select(1, rows)
+        self.v = self.v.index_select(1, rows)
+
 
 class Unpadded:
     """Where the real tokens of a padded (B, T) batch sit. Everything but attention is per token, so the

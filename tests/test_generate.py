@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import pytest
 import torch
 
 from minilm.config import ModelConfig
-from minilm.generate import filter_logits, generate, sample_next
+from minilm.generate import beam_search, filter_logits, generate, sample_next
 from minilm.heads import CausalLM
 
 V, BLOCK = 40, 16
@@ -199,3 +200,61 @@ def test_top_k_and_top_p_combine():
     out = filter_logits(logits, top_k=3, top_p=0.5)  # top_p applies to the renormalized top 3: 0.44, 0.33, ...
     assert torch.isfinite(out).tolist() == [[True, True, False, False]]
     assert math.isclose(torch.softmax(out, -1)[0, 0].item(), 4 / 7, rel_tol=1e-5)
+
+
+# ---------------------------------------------------------------------------------------------
+# beam search
+
+
+def _seq_logprob(model: CausalLM, prompt: list[int], tokens: list[int]) -> float:
+    """Total log-probability of `tokens` after `prompt`, one uncached forward pass."""
+    ids = torch.tensor([prompt + tokens])
+    with torch.no_grad():
+        logp = torch.log_softmax(model(ids).logits[0].float(), -1)  # (T, V)
+    return sum(float(logp[len(prompt) - 1 + i, t]) for i, t in enumerate(tokens))
+
+
+def test_beam_width_one_is_greedy(model):
+    prompt = [3, 17, 5]
+    greedy = [int(t[0]) for t in generate(model, torch.tensor([prompt]), 12, temperature=0.0)]
+    (best,) = beam_search(model, prompt, beams=1, max_new_tokens=12)
+    assert best.tokens == greedy
+
+
+def test_beam_search_with_every_sequence_kept_finds_the_exhaustive_optimum():
+    torch.manual_seed(3)
+    small = CausalLM(ModelConfig(vocab_size=3, block_size=8, n_layer=1, n_head=1, n_embd=8)).eval()
+    for p in small.parameters():  # a peaked, context-dependent distribution
+        p.data.normal_(0, 1.5)
+    prompt, length = [1], 4
+    everything = [list(seq) for seq in itertools.product(range(3), repeat=length)]
+    scores = {tuple(s): _seq_logprob(small, prompt, s) for s in everything}
+    optimum = max(scores, key=scores.get)
+    found = beam_search(small, prompt, beams=3 ** length, max_new_tokens=length, n_best=5)
+    assert found[0].tokens == list(optimum)
+    assert found[0].score == pytest.approx(scores[optimum] / length, abs=1e-5)  # length penalty 1: per token
+    ranked = sorted(scores, key=scores.get, reverse=True)[:5]
+    assert [tuple(h.tokens) for h in found] == ranked  # the n best, in order
+    narrow = beam_search(small, prompt, beams=1, max_new_tokens=length)[0]
+    assert scores[tuple(narrow.tokens)] <= scores[optimum]
+
+
+@pytest.mark.parametrize("prompt", [[3, 17, 5], list(range(14))])  # the second outgrows the window
+def test_beam_search_cache_equals_no_cache(model, prompt):
+    for eot in (None, 7):
+        cached = beam_search(model, prompt, beams=4, max_new_tokens=10, eot=eot, n_best=4)
+        plain = beam_search(model, prompt, beams=4, max_new_tokens=10, eot=eot, n_best=4, use_cache=False)
+        assert [h.tokens for h in cached] == [h.tokens for h in plain]
+        assert [h.score for h in cached] == pytest.approx([h.score for h in plain], abs=1e-4)
+
+
+def test_beam_search_stops_at_end_of_text_and_scores_with_the_length_penalty(model):
+    prompt = [3, 17, 5]
+    greedy = [int(t[0]) for t in generate(model, torch.tensor([prompt]), 6, temperature=0.0)]
+    eot = greedy[2]  # a token the search will want to choose early
+    for penalty in (0.0, 1.0):
+        for h in beam_search(model, prompt, beams=3, max_new_tokens=12, eot=eot, n_best=3, length_penalty=penalty):
+            assert eot not in h.tokens
+            n = len(h.tokens) + (len(h.tokens) < 12)  # the end-of-text token counts when it ended the search
+            ended = h.tokens + [eot] if len(h.tokens) < 12 else h.tokens
+            assert h.score == pytest.approx(_seq_logprob(model, prompt, ended) / n ** penalty, abs=1e-4)
