@@ -6,10 +6,17 @@ TREC: `COARSE:fine question` lines (latin-1; one 0xF0 byte in the training file)
 with columns label (coarse, 6 classes), fine_label, question.
 RT polarity: rt-polarity.{pos,neg} (one snippet per line, no official split) -> rt_polarity/{train,test}.tsv
 with columns sentence, label (1 = positive), split 90/10 by a shuffle seeded with 1234.
+CMUdict: cmudict/cmudict.dict (`word PH1 PH2 ...`, alternates as `word(2)`, a few `# comments`) ->
+cmudict/{train,valid,test}.tsv with columns word, phonemes (ARPAbet, stress digits removed: the 39 phonemes
+grapheme-to-phoneme results are reported on), one row per pronunciation. Only words of letters and
+apostrophes are kept. The split is by word, so that all pronunciations of a word land in one split: a word
+goes to test if crc32("cmudict-split:" + word) % 100 < 5, to valid if < 10, else to train.
 The outputs are committed; rerunning reproduces them byte for byte.
 """
 
 import random
+import re
+import zlib
 from pathlib import Path
 
 HERE = Path(__file__).parent
@@ -45,6 +52,27 @@ def rt_polarity() -> None:
     write_tsv(HERE / "rt_polarity" / "test.tsv", ["sentence", "label"], rows[cut:])
 
 
+def cmudict() -> None:
+    prons: dict[str, list[str]] = {}
+    for line in (HERE / "cmudict" / "cmudict.dict").read_text(encoding="utf-8").splitlines():
+        entry = line.split("#", 1)[0].split()
+        if not entry:
+            continue
+        word = re.sub(r"\(\d+\)$", "", entry[0])
+        if re.fullmatch(r"[a-z][a-z']*", word):
+            phones = " ".join(re.sub(r"\d", "", ph) for ph in entry[1:])
+            if phones not in prons.setdefault(word, []):  # two stressings of one pronunciation are one here
+                prons[word].append(phones)
+    splits: dict[str, list[list[str]]] = {"train": [], "valid": [], "test": []}
+    for word in sorted(prons):
+        bucket = zlib.crc32(f"cmudict-split:{word}".encode()) % 100
+        split = "test" if bucket < 5 else "valid" if bucket < 10 else "train"
+        splits[split] += [[word, phones] for phones in prons[word]]
+    for split, rows in splits.items():
+        write_tsv(HERE / "cmudict" / f"{split}.tsv", ["word", "phonemes"], rows)
+
+
 if __name__ == "__main__":
     trec()
     rt_polarity()
+    cmudict()
