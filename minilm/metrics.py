@@ -1,4 +1,5 @@
-"""Classification metrics from predicted and true label ids: accuracy, F1, macro-F1, Matthews correlation."""
+"""Metrics: classification (accuracy, F1, macro-F1, Matthews correlation) from label ids, and grapheme-to-phoneme
+word and phoneme error rates from token sequences."""
 
 from __future__ import annotations
 
@@ -42,3 +43,27 @@ def format_confusion(m: np.ndarray, labels: list[str]) -> str:
     head = corner.ljust(first) + "".join(x.rjust(width) for x in labels)
     rows = [labels[i].ljust(first) + "".join(str(v).rjust(width) for v in row) for i, row in enumerate(m)]
     return "\n".join([head, *rows])
+
+
+def edit_distance(a: list[str], b: list[str]) -> int:
+    """Levenshtein distance between two token sequences (insertions, deletions, substitutions cost 1)."""
+    row = list(range(len(b) + 1))
+    for i, x in enumerate(a, 1):
+        prev, row[0] = row[0], i
+        for j, y in enumerate(b, 1):
+            prev, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, prev + (x != y))
+    return row[-1]
+
+
+def pronunciation_errors(predicted: dict[str, list[str]], references: dict[str, list[list[str]]]) -> dict[str, float]:
+    """Grapheme-to-phoneme scores over the words of `references` (each with all its pronunciations):
+    word error rate (share of words whose prediction matches none of them) and phoneme error rate (edit
+    distance to the closest pronunciation over that pronunciation's length, summed over words)."""
+    wrong = edits = length = 0
+    for word, refs in references.items():
+        guess = predicted.get(word, [])
+        dist, ref = min((edit_distance(guess, r), r) for r in refs)
+        wrong += dist > 0
+        edits += dist
+        length += len(ref)
+    return {"wer": wrong / max(len(references), 1), "per": edits / max(length, 1)}

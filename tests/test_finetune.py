@@ -729,3 +729,15 @@ def test_cli_finetune_unseen_label_is_one_line(tmp_path, trec_files, capsys):
     assert code == 2 and out == ""
     _one_error_line(err, "data.val_files has labels the training data never had (WHAT)")
     assert not (tmp_path / "ft").exists()  # a refused fine-tune leaves no run directory
+
+
+def test_edit_distance_and_pronunciation_errors_by_hand():
+    from minilm.metrics import edit_distance, pronunciation_errors
+
+    assert edit_distance("kitten", "sitting") == 3 and edit_distance([], list("abc")) == 3
+    assert edit_distance(list("abc"), list("abc")) == 0 and edit_distance(list("ab"), list("ba")) == 2
+    refs = {"either": [["IY", "DH", "ER"], ["AY", "DH", "ER"]], "cat": [["K", "AE", "T"]], "a": [["AH"], ["EY"]]}
+    got = pronunciation_errors({"either": ["AY", "DH", "ER"], "cat": ["K", "AH", "T", "S"], "a": ["EH"]}, refs)
+    # either matches its second pronunciation; cat: 1 substitution + 1 insertion over 3; a: 1 substitution over 1
+    assert got["wer"] == pytest.approx(2 / 3)
+    assert got["per"] == pytest.approx((0 + 2 + 1) / (3 + 3 + 1))
