@@ -112,7 +112,7 @@ def run_info(run_dir: str | Path) -> dict[str, str]:
     tok = read_tokenizer(run_dir, m.vocab_size)
     kind = "GPT (causal)" if m.causal else "BERT (bidirectional)"
     run = RunDir(run_dir)
-    progress = Progress.read(run.state_dir()) if run._has_state() else None
+    progress = Progress.read(run.state_dir()) if run.has_state() else None
     records = run.metrics.read()
     vals = [r for r in records if r.get("split") == "val"]
     info = {
@@ -150,13 +150,13 @@ class RunDir:
         self.new = False  # created by this process and not yet holding a checkpoint
         self.restart = False  # the directory holds a start that stopped before its first checkpoint
 
-    def _has_state(self) -> bool:
+    def has_state(self) -> bool:
         return any((self.path / name / PROGRESS_FILE).exists() for name in (STATE_DIR, f"{STATE_DIR}.old"))
 
     def check(self, resume: bool) -> None:
         """Before any work: a new run never reuses a directory that holds a run; resume needs one. A run that was
         killed before its first checkpoint left nothing to resume: it may be started again."""
-        if resume and not ((self.path / CONFIG_FILE).exists() and self._has_state()):
+        if resume and not ((self.path / CONFIG_FILE).exists() and self.has_state()):
             if self._no_checkpoint():
                 raise CheckpointError(f"{str(self.path)!r} holds no checkpoint (its run stopped before the first "
                                       "one): start it again without train.resume=true")
@@ -171,7 +171,7 @@ class RunDir:
 
     def _no_checkpoint(self) -> bool:
         """Only what a start writes before its first checkpoint is here (a run killed that early)."""
-        return (self.path / CONFIG_FILE).is_file() and not self._has_state() and all(
+        return (self.path / CONFIG_FILE).is_file() and not self.has_state() and all(
             p.name in _EARLY_FILES for p in self.path.iterdir())
 
     def resumed_config(self, cfg: Config) -> Config:
