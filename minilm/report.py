@@ -1,14 +1,17 @@
-"""What a run reports: metrics.jsonl, throughput and MFU, peak memory, and the loss-curve PNG."""
+"""What a run reports: metrics.jsonl, throughput and MFU, peak memory, the loss-curve PNG, and which experiment
+trackers (wandb, TensorBoard) get it."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 from pathlib import Path
 
 import torch
 
-from minilm.config import ModelConfig
+from minilm.config import Config, ModelConfig
+from minilm.errors import ConfigError
 from minilm.runfiles import atomic_write
 
 # Dense bf16/fp16 tensor-core peaks in FLOP/s, matched against torch.cuda.get_device_name().
@@ -98,3 +101,20 @@ def plot_losses(records: list[dict], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
+
+
+def trackers(cfg: Config) -> list[str]:
+    """The experiment trackers the log section asks for, through accelerate."""
+    names = ["wandb"] if cfg.log.wandb != "disabled" else []
+    if cfg.log.tensorboard:
+        if importlib.util.find_spec("tensorboard") is None and importlib.util.find_spec("tensorboardX") is None:
+            raise ConfigError("log.tensorboard=true needs the tensorboard package: pip install tensorboard (or "
+                              "minilm[tensorboard]), or set log.tensorboard=false")
+        names.append("tensorboard")
+    return names
+
+
+def flat_config(cfg: Config) -> dict[str, int | float | str | bool]:
+    """The config as "section.key" -> value (lists as text): what every tracker can store as hyperparameters."""
+    return {f"{section}.{key}": value if isinstance(value, (int, float, str, bool)) else str(value)
+            for section, values in cfg.to_dict().items() for key, value in values.items()}

@@ -5,6 +5,8 @@ A tokenizer is a plain `tokenizers.Tokenizer`; it is saved with each run as `tok
 
 from __future__ import annotations
 
+import contextlib
+import os
 import sys
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -12,7 +14,7 @@ from pathlib import Path
 from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 
 from minilm.config import TokenizerConfig
-from minilm.errors import ConfigError
+from minilm.errors import ConfigError, DataError
 
 EOT = "<|endoftext|>"  # separates documents for causal LMs (GPT-2's name for it)
 PAD, UNK, CLS, SEP, MASK = "[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"
@@ -120,3 +122,33 @@ def unknown_chars(tok: Tokenizer, text: str) -> list[str]:
         return []
     vocab = tok.get_vocab()
     return sorted({ch for ch in text if ch not in vocab})
+
+
+def encode_texts(tok: Tokenizer, texts: list[str]) -> list:
+    """The encodings of `texts` (no special tokens), computed by the tokenizer's own threads."""
+    try:
+        # the _fast variant (tokenizers >= 0.21) skips the character offsets we never use
+        encode = getattr(tok, "encode_batch_fast", tok.encode_batch)
+        with tokenizer_threads():
+            return encode(texts, add_special_tokens=False)
+    except Exception as e:  # a character vocabulary has no [UNK]: name the characters it lacks
+        if "Missing [UNK]" not in str(e):
+            raise
+        bad = sorted({c for t in texts for c in unknown_chars(tok, t)})
+        raise DataError(f"the text has characters the tokenizer never saw ({''.join(bad[:20])!r}): remove them, "
+                        "or train a new tokenizer on this data (tokenizer.kind=bpe handles any text)") from e
+
+
+@contextlib.contextmanager
+def tokenizer_threads() -> Iterator[None]:
+    """The tokenizer's own threads for a batch (the CLI turns them off so that datasets' worker processes fork
+    cleanly; nothing forks while prepare encodes)."""
+    before = os.environ.get("TOKENIZERS_PARALLELISM")
+    os.environ["TOKENIZERS_PARALLELISM"] = "true"
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ["TOKENIZERS_PARALLELISM"]
+        else:
+            os.environ["TOKENIZERS_PARALLELISM"] = before

@@ -8,10 +8,8 @@ every log.log_interval steps, and `evaluate_and_save` every train.eval_interval 
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import math
 import signal
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -31,8 +29,9 @@ from minilm.hf import load_pretrained
 from minilm.metrics import format_confusion
 from minilm.model import count_params
 from minilm.optim import lr_at, make_optimizer, skip_step_if
-from minilm.report import device_peak_flops, peak_memory_mb, plot_losses, training_flops
+from minilm.report import device_peak_flops, flat_config, peak_memory_mb, plot_losses, trackers, training_flops
 from minilm.run import Progress, RunDir
+from minilm.stopping import StopSignals
 from minilm.runfiles import CONFIG_FILE, TOKENIZER_FILE, check_state
 from minilm.tasks import Task, TaskData, get_task
 from minilm.tokenizer import load_tokenizer
@@ -75,7 +74,7 @@ def train(cfg: Config) -> dict[str, float]:
                 checkpoint(s, weights=tc.best_metric is None)  # the latest weights, unless the best are kept
             if p.step >= tc.max_steps:
                 break
-            if signals.agreed(s, log_due or eval_due):
+            if signals.agreed(accelerator, log_due or eval_due):
                 stop_on_signal(s, signals, saved=eval_due or save_due)
     except BaseException:
         if accelerator.is_main_process:
@@ -161,17 +160,6 @@ def make_accelerator(cfg: Config) -> Accelerator:
     return accelerator
 
 
-def trackers(cfg: Config) -> list[str]:
-    """The experiment trackers the log section asks for, through accelerate."""
-    names = ["wandb"] if cfg.log.wandb != "disabled" else []
-    if cfg.log.tensorboard:
-        if importlib.util.find_spec("tensorboard") is None and importlib.util.find_spec("tensorboardX") is None:
-            raise ConfigError("log.tensorboard=true needs the tensorboard package: pip install tensorboard (or "
-                              "minilm[tensorboard]), or set log.tensorboard=false")
-        names.append("tensorboard")
-    return names
-
-
 def set_up(cfg: Config, task: Task, run: RunDir, accelerator: Accelerator) -> Session:
     tc, main = cfg.train, accelerator.is_main_process
     set_seed(tc.seed)
@@ -211,12 +199,6 @@ def set_up(cfg: Config, task: Task, run: RunDir, accelerator: Accelerator) -> Se
     return Session(cfg, task, run, accelerator, model, optimizer, train_loader, val_loader, progress,
                    Meter.on(accelerator.device, progress.skipped), n_params, device_peak_flops(),
                    guard=accelerator.scaler is None, streamed=streamed)
-
-
-def flat_config(cfg: Config) -> dict[str, int | float | str | bool]:
-    """The config as "section.key" -> value (lists as text): what every tracker can store as hyperparameters."""
-    return {f"{section}.{key}": value if isinstance(value, (int, float, str, bool)) else str(value)
-            for section, values in cfg.to_dict().items() for key, value in values.items()}
 
 
 def load_init(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str | None) -> None:
@@ -363,36 +345,6 @@ def checkpoint(s: Session, weights: bool) -> None:
     now = time.perf_counter()
     p.seconds, s.started = p.seconds + now - s.started, now
     s.run.save(s.accelerator, s.model, p, weights=weights, position=s.position)
-
-
-class StopSignals:
-    """Ctrl-C (SIGINT) and SIGTERM ask the loop to save and stop at the next step boundary; a second one
-    stops at once. With several processes they agree at the next log line (one small all-reduce there)."""
-
-    def __init__(self):
-        self.signum, self.before = 0, {}
-        if threading.current_thread() is threading.main_thread():  # signal handlers live on the main thread only
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                self.before[sig] = signal.signal(sig, self._handle)
-
-    def _handle(self, signum: int, frame) -> None:
-        self.signum = signum
-        self.restore()  # a second signal acts at once
-
-    def restore(self) -> None:
-        for sig, handler in self.before.items():
-            signal.signal(sig, handler)
-        self.before = {}
-
-    def agreed(self, s: Session, synced_step: bool) -> bool:
-        acc = s.accelerator
-        if acc.num_processes == 1:
-            return bool(self.signum)
-        if not synced_step:
-            return False
-        flag = acc.reduce(torch.tensor(float(self.signum), device=acc.device), "max")
-        self.signum = self.signum or int(flag.item())
-        return bool(self.signum)
 
 
 def stop_on_signal(s: Session, signals: StopSignals, saved: bool) -> None:

@@ -42,7 +42,7 @@ from minilm.data.files import resolve_files
 from minilm.data.pieces import PIECE_CHARS, list_sources, pieces, sample_texts
 from minilm.data.sentences import split_sentences
 from minilm.errors import DataError
-from minilm.tokenizer import eot_id, unknown_chars
+from minilm.tokenizer import encode_texts, eot_id
 
 VERSION = 1
 SHARD_TOKENS = 1 << 27  # a shard closes at a source-file boundary past this many tokens (256 MiB of uint16)
@@ -221,36 +221,6 @@ class _Encoder:
         self.out.write(np.concatenate(parts).tobytes())
         self.bar.update(self.bytes)
         self.pending, self.chars, self.bytes = [], 0, 0
-
-
-def encode_texts(tok: Tokenizer, texts: list[str]) -> list:
-    """The encodings of `texts` (no special tokens), computed by the tokenizer's own threads."""
-    try:
-        # the _fast variant (tokenizers >= 0.21) skips the character offsets we never use
-        encode = getattr(tok, "encode_batch_fast", tok.encode_batch)
-        with _tokenizer_threads():
-            return encode(texts, add_special_tokens=False)
-    except Exception as e:  # a character vocabulary has no [UNK]: name the characters it lacks
-        if "Missing [UNK]" not in str(e):
-            raise
-        bad = sorted({c for t in texts for c in unknown_chars(tok, t)})
-        raise DataError(f"the text has characters the tokenizer never saw ({''.join(bad[:20])!r}): remove them, "
-                        "or train a new tokenizer on this data (tokenizer.kind=bpe handles any text)") from e
-
-
-@contextlib.contextmanager
-def _tokenizer_threads() -> Iterator[None]:
-    """The tokenizer's own threads for a batch (the CLI turns them off so that datasets' worker processes fork
-    cleanly; nothing forks while prepare encodes)."""
-    before = os.environ.get("TOKENIZERS_PARALLELISM")
-    os.environ["TOKENIZERS_PARALLELISM"] = "true"
-    try:
-        yield
-    finally:
-        if before is None:
-            del os.environ["TOKENIZERS_PARALLELISM"]
-        else:
-            os.environ["TOKENIZERS_PARALLELISM"] = before
 
 
 def _write_split(path: Path, split: str, sources: list[dict], tok: Tokenizer, manifest: dict, column: str,

@@ -26,7 +26,7 @@ from minilm.config import Config
 from minilm.data import prepared
 from minilm.data.pieces import list_sources, pieces
 from minilm.errors import DataError
-from minilm.tokenizer import eot_id
+from minilm.tokenizer import encode_texts, eot_id
 
 Position = dict  # {"epoch": int, "rows": datasets' state_dict or None (the epoch's start), "skip": tokens}
 
@@ -43,7 +43,7 @@ def _rows(sources: list[dict], column: str, held: dict[str, int]) -> Iterator[di
 def _encode(tok: Tokenizer, texts: list[str], ends: list[bool]) -> np.ndarray:
     """The texts' ids, <|endoftext|> after each one that ends a document (as prepare writes them)."""
     tail = [eot_id(tok)] if eot_id(tok) is not None else []
-    ids = [e.ids + (tail if end else []) for e, end in zip(prepared.encode_texts(tok, texts), ends)]
+    ids = [e.ids + (tail if end else []) for e, end in zip(encode_texts(tok, texts), ends)]
     return np.fromiter((i for part in ids for i in part), dtype=np.int64)
 
 
