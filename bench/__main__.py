@@ -19,13 +19,14 @@ import torch
 
 from bench.common import Result, Settings
 
-WORKLOADS = ("gpt-train", "gpt-sample", "bert-train")
+WORKLOADS = ("gpt-train", "gpt-sample", "bert-train", "s2s-greedy", "s2s-beam5")
 
 
 def _runners() -> dict[str, Callable[[Settings], Result]]:
-    from bench import bert, gpt
+    from bench import bert, gpt, seq2seq
 
-    return {"gpt-train": gpt.train, "gpt-sample": gpt.sample, "bert-train": bert.train}
+    return {"gpt-train": gpt.train, "gpt-sample": gpt.sample, "bert-train": bert.train,
+            "s2s-greedy": seq2seq.greedy, "s2s-beam5": seq2seq.beam5}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -62,13 +62,19 @@ def datasets_quiet() -> None:
     datasets.disable_progress_bars()
 
 
-def _load(run_dir: str, device: str, task: str, what: str, fix: str):
-    """A run's config, model and tokenizer, refused with `fix` unless it was trained for `task` (`what`)."""
+# the command that serves each task's runs
+_SERVES = {"causal_lm": "sample", "masked_lm": "fill-mask", "classify": "classify", "seq2seq": "translate"}
+
+
+def _load(run_dir: str, device: str, task: str, what: str, fix: str = ""):
+    """A run's config, model and tokenizer, refused (naming the command that serves it, and `fix`) unless it was
+    trained for `task` (`what`)."""
     from minilm.run import load_run
 
     cfg, model, tok = load_run(run_dir, device)
     if cfg.train.task != task:
-        raise UsageError(f"{run_dir!r} is a train.task={cfg.train.task} run, not {what}: {fix}")
+        hint = f"use `minilm {_SERVES[cfg.train.task]}` for it" if cfg.train.task in _SERVES else "train one"
+        raise UsageError(f"{run_dir!r} is a train.task={cfg.train.task} run, not {what}: {hint}{fix}")
     return cfg, model, tok
 
 
@@ -78,11 +84,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
     import torch
     from accelerate import Accelerator
 
-    from minilm.evaluation import evaluate
+    from minilm.data.seq2seq import References, end_id
+    from minilm.evaluation import decoded_metrics, evaluate
     from minilm.metrics import format_confusion
     from minilm.run import load_run
     from minilm.tasks import get_task
 
+    if args.beams < 1:
+        raise UsageError(f"--beams {args.beams} must be at least 1 (1 is greedy decoding)")
     cfg, model, tok = load_run(args.run_dir, args.device)
     datasets_quiet()
     data = dataclasses.replace(cfg.data, text_column=args.text_column or cfg.data.text_column)
@@ -92,7 +101,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
     task = get_task(cfg.train.task)
     examples, collate = task.eval_data(cfg, tok, [args.data])
     loader = torch.utils.data.DataLoader(examples, batch_size=args.batch_size, collate_fn=collate)
-    result = evaluate(model, loader, Accelerator(cpu=args.device == "cpu"), perplexity=task.perplexity)
+    accelerator = Accelerator(cpu=args.device == "cpu")
+    result = evaluate(model, loader, accelerator, perplexity=task.perplexity)
+    if task.encoder_decoder:  # scored on what it decodes, against all the targets of each source
+        refs = References.of(examples, end_id(tok))
+        result.metrics.update(decoded_metrics(model, refs, accelerator, beams=args.beams,
+                                              length_penalty=args.length_penalty, batch_size=args.batch_size))
+        print(f"{len(refs.sources)} distinct sources decoded ({'greedy' if args.beams == 1 else f'beam {args.beams}'})")
     print(f"{len(examples)} examples from {args.data}")
     for k, v in result.metrics.items():
         print(f"{k.removeprefix('val_'):>10}: {v:.4f}")
@@ -106,7 +121,8 @@ def cmd_classify(args: argparse.Namespace) -> int:
 
     from minilm.tasks.classify import collator, encode_texts
 
-    cfg, model, tok = _load(args.run_dir, args.device, "classify", "a classifier", "fine-tune it first with `minilm finetune`")
+    cfg, model, tok = _load(args.run_dir, args.device, "classify", "a classifier",
+                            ", or fine-tune a classifier from it with `minilm finetune`")
     datasets_quiet()
     texts = [args.text] if args.text is not None else [line.rstrip("\n") for line in sys.stdin if line.strip()]
     if not texts:
@@ -141,15 +157,16 @@ def _check_sample_args(args: argparse.Namespace, vocab: int) -> None:
         raise UsageError(f"--top-k {args.top_k} is outside 1..{vocab} (the vocabulary size): choose a value in range")
     if args.top_p is not None and not 0 < args.top_p <= 1:
         raise UsageError(f"--top-p {args.top_p} is outside (0, 1]: choose a value such as 0.9")
-    if args.num_samples < 1:
-        raise UsageError(f"--num-samples {args.num_samples} must be at least 1")
+    samples = getattr(args, "num_samples", 1)
+    if samples < 1:
+        raise UsageError(f"--num-samples {samples} must be at least 1")
     if args.beams is not None:
         if args.beams < 1:
             raise UsageError(f"--beams {args.beams} must be at least 1 (1 is greedy decoding)")
         if not 1 <= args.n_best <= args.beams:
             raise UsageError(f"--n-best {args.n_best} is outside 1..{args.beams} (--beams): the search keeps only "
                              "that many")
-        if args.top_k is not None or args.top_p is not None or args.num_samples > 1:
+        if args.top_k is not None or args.top_p is not None or samples > 1:
             raise UsageError("--beams searches for the most probable text; --top-k, --top-p and --num-samples are "
                              "for sampling: drop them, or drop --beams")
 
@@ -160,8 +177,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
     from minilm.generate import beam_search, generate
     from minilm.tokenizer import eot_id, unknown_chars
 
-    cfg, model, tok = _load(args.run_dir, args.device, "causal_lm", "a GPT language model",
-                            "only a GPT language model generates (`minilm fill-mask` serves BERT runs)")
+    cfg, model, tok = _load(args.run_dir, args.device, "causal_lm", "a GPT language model")
     _check_sample_args(args, cfg.model.vocab_size)
     bad = unknown_chars(tok, args.prompt)
     if bad:
@@ -203,13 +219,53 @@ def cmd_sample(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_translate(args: argparse.Namespace) -> int:
+    import torch
+
+    from minilm.data.seq2seq import end_id, source_text
+    from minilm.generate import beam_search, translate
+    from minilm.tokenizer import unknown_chars
+
+    cfg, model, tok = _load(args.run_dir, args.device, "seq2seq", "a seq2seq (encoder-decoder) run")
+    _check_sample_args(args, cfg.model.vocab_size)
+    texts = [args.text] if args.text is not None else [line.rstrip("\n") for line in sys.stdin if line.strip()]
+    if not texts:
+        raise UsageError("no source text: pass TEXT or one source per line on standard input")
+    sources = [source_text(t, cfg.seq2seq.source_chars) for t in texts]
+    bad = unknown_chars(tok, "".join(sources))
+    if bad:
+        raise UsageError(f"the source has characters the tokenizer never saw ({''.join(bad)!r}): remove them")
+    ids = [tok.encode(t, add_special_tokens=False).ids for t in sources]
+    block = cfg.model.block_size
+    for text, x in zip(texts, ids):
+        if not x:
+            raise UsageError("an empty source has nothing to translate: give some text")
+        if len(x) > block:
+            raise UsageError(f"the source {text[:40]!r} is {len(x)} tokens, more than the {block} the encoder reads "
+                             "(model.block_size): shorten or split it")
+    end, steps = end_id(tok), min(args.max_new_tokens, block - 1)
+    if args.beams is not None:
+        for text, x in zip(texts, ids):
+            found = beam_search(model, [end], args.beams, steps, end, args.length_penalty, args.n_best,
+                                use_cache=not args.no_cache, source=x)
+            for h in found:  # best first, each with its length-normalized log-probability
+                out = tok.decode(h.tokens)
+                print(f"{text}\t{h.score:.4f}\t{out}" if args.n_best > 1 else out, flush=True)
+        return 0
+    gen = torch.Generator(device=args.device).manual_seed(args.seed)
+    outputs = translate(model, ids, end, batch_size=args.batch_size, temperature=args.temperature, top_k=args.top_k,
+                        top_p=args.top_p, generator=gen, use_cache=not args.no_cache, max_new_tokens=steps)
+    for out in outputs:
+        print(tok.decode(out), flush=True)
+    return 0
+
+
 def cmd_fill_mask(args: argparse.Namespace) -> int:
     import torch
 
     from minilm.tokenizer import MASK
 
-    cfg, model, tok = _load(args.run_dir, args.device, "masked_lm", "a BERT pretraining run",
-                            "fill-mask needs a BERT pretraining run (`minilm sample` serves GPT runs)")
+    cfg, model, tok = _load(args.run_dir, args.device, "masked_lm", "a BERT pretraining run")
     if args.top_k < 1:
         raise UsageError(f"--top-k {args.top_k} must be at least 1")
     enc = tok.encode(args.text)
@@ -297,13 +353,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_run_commands(sub: argparse._SubParsersAction) -> None:
     """The commands that read a run directory."""
-    ev = sub.add_parser("eval", help="score a run on a file: a classifier on labelled rows, a language model on text")
+    ev = sub.add_parser("eval", help="score a run on a file: a classifier on labelled rows, a language model on text, "
+                                     "a seq2seq run on source/target rows")
     ev.add_argument("run_dir")
-    ev.add_argument("--data", required=True, help="a labelled TSV/CSV/JSON(L)/parquet file, or text for LM runs")
+    ev.add_argument("--data", required=True, help="a labelled (or source/target) TSV/CSV/JSON(L)/parquet file, or "
+                                                   "text for LM runs")
     ev.add_argument("--text-column", default=None)
     ev.add_argument("--pair-column", default=None)
     ev.add_argument("--label-column", default=None)
     ev.add_argument("--batch-size", type=int, default=64)
+    ev.add_argument("--beams", type=int, default=1, help="seq2seq runs: decode by beam search with this many beams "
+                                                         "(default 1: greedy)")
+    ev.add_argument("--length-penalty", type=float, default=1.0, help="seq2seq runs, with --beams")
     ev.add_argument("--device", default="cpu")
     ev.set_defaults(func=cmd_eval)
 
@@ -335,6 +396,24 @@ def _add_run_commands(sub: argparse._SubParsersAction) -> None:
                    help="with --beams: score = log-probability / length ** this (0: total log-probability)")
     s.add_argument("--device", default="cpu")
     s.set_defaults(func=cmd_sample)
+
+    t = sub.add_parser("translate", help="decode each source text (or line of standard input) with a seq2seq run")
+    t.add_argument("run_dir")
+    t.add_argument("text", nargs="?", default=None, help="the source (default: one per line of standard input)")
+    t.add_argument("--beams", type=int, default=None, help="beam search with this many beams (default: greedy)")
+    t.add_argument("--n-best", type=int, default=1, help="with --beams: print this many outputs per source, with "
+                                                          "their scores (source, score, output; tab-separated)")
+    t.add_argument("--length-penalty", type=float, default=1.0,
+                   help="with --beams: score = log-probability / length ** this (0: total log-probability)")
+    t.add_argument("--temperature", type=float, default=0.0, help="0 (default): greedy; above 0: sample")
+    t.add_argument("--top-k", type=int, default=None)
+    t.add_argument("--top-p", type=float, default=None)
+    t.add_argument("--max-new-tokens", type=int, default=1 << 30, help="default: as many as the decoder holds")
+    t.add_argument("--seed", type=int, default=1337)
+    t.add_argument("--batch-size", type=int, default=64, help="sources decoded together (greedy and sampling)")
+    t.add_argument("--no-cache", action="store_true", help="recompute the decoder over the whole output each step")
+    t.add_argument("--device", default="cpu")
+    t.set_defaults(func=cmd_translate)
 
     f = sub.add_parser("fill-mask", help="predict the [MASK] tokens of a text with a BERT run")
     f.add_argument("run_dir")

@@ -58,6 +58,11 @@ class ModelConfig:
     # what a classifier reads (filled in from classify.pooling): "cls" (BERT's pooled [CLS]), "mean" (of the real
     # tokens, as sentence-transformers pools) or "last" (the last real token, GPT's); "": the model's own
     pooling: str = ""
+    # > 0: an encoder-decoder (the original Transformer): an encoder of this many bidirectional Blocks, and the
+    # n_layer causal Blocks as the decoder, each with cross-attention over the encoder's output (train.task=seq2seq)
+    encoder_layers: int = 0
+    share_embeddings: bool = True  # encoder-decoder: the encoder reads the decoder's token table (one vocabulary)
+    label_smoothing: float = 0.0  # training loss of the LM and seq2seq tasks (the original Transformer used 0.1)
 
     @property
     def ffn_dim(self) -> int:
@@ -72,6 +77,12 @@ class ModelConfig:
         _check(0.0 <= self.dropout < 1.0, "model.dropout", "a number in [0, 1)", self.dropout)
         _check(0.0 <= self.classifier_dropout < 1.0, "model.classifier_dropout", "a number in [0, 1)", self.classifier_dropout)
         _check(self.num_labels >= 0, "model.num_labels", "0 or a positive integer", self.num_labels)
+        _check(self.encoder_layers >= 0, "model.encoder_layers", "0 (no encoder) or a positive integer",
+               self.encoder_layers)
+        _check(0.0 <= self.label_smoothing < 1.0, "model.label_smoothing", "a number in [0, 1)", self.label_smoothing)
+        if self.encoder_layers and not self.causal:
+            raise ConfigError("model.encoder_layers > 0 builds an encoder-decoder, whose decoder is causal: set "
+                              "model.causal=true (the encoder is bidirectional by itself)")
         _check(self.norm_eps > 0, "model.norm_eps", "a positive number", self.norm_eps)
         _check(self.norm in ("pre", "post"), "model.norm", "'pre' or 'post'", self.norm)
         _check(self.position in ("learned", "sinusoidal"), "model.position", "'learned' or 'sinusoidal'", self.position)
@@ -92,14 +103,17 @@ class ModelConfig:
 
 @dataclass
 class TokenizerConfig:
-    kind: str = "char"  # "char", "bpe" (GPT-2 style byte-level BPE) or "wordpiece" (BERT)
+    # "char", "word" (whitespace-separated symbols, e.g. phonemes), "bpe" (GPT-2 style byte-level BPE) or
+    # "wordpiece" (BERT)
+    kind: str = "char"
     vocab_size: int = 8192  # for bpe / wordpiece training; char vocabularies are as large as the alphabet
     path: str | None = None  # an existing tokenizer.json to use instead of training one
     lowercase: bool = True  # wordpiece only
     sample_bytes: int = 50_000_000  # train the tokenizer on at most this much text
 
     def validate(self) -> None:
-        _check(self.kind in ("char", "bpe", "wordpiece"), "tokenizer.kind", "'char', 'bpe' or 'wordpiece'", self.kind)
+        _check(self.kind in ("char", "word", "bpe", "wordpiece"), "tokenizer.kind", "'char', 'word', 'bpe' or 'wordpiece'",
+               self.kind)
         _check(self.vocab_size > 0, "tokenizer.vocab_size", "a positive integer", self.vocab_size)
         _check(self.sample_bytes > 0, "tokenizer.sample_bytes", "a positive integer", self.sample_bytes)
 
@@ -158,11 +172,33 @@ class ClassifyConfig:
 
 
 @dataclass
+class Seq2SeqConfig:
+    """Sequence-to-sequence pairs (train.task=seq2seq): one source and one target text per row of a table. A source
+    with several targets (alternative pronunciations, translations) counts as right if the output matches any."""
+
+    source_column: str = "source"
+    target_column: str = "target"
+    # feed the source one character per token (joined by spaces for the tokenizer; whitespace becomes "▁"):
+    # with tokenizer.kind=word, letters in and symbols out, as grapheme-to-phoneme conversion needs
+    source_chars: bool = False
+    # greedy-decode this many validation sources at each evaluation for the decoded metrics (seq_error: share
+    # of sources whose output matches none of their targets; token_error: edit distance / target length);
+    # all of them at the last evaluation. 0: only at the last
+    decode_examples: int = 500
+
+    def validate(self) -> None:
+        _check(bool(self.source_column) and bool(self.target_column), "seq2seq.source_column/target_column",
+               "column names", (self.source_column, self.target_column))
+        _check(self.decode_examples >= 0, "seq2seq.decode_examples", "0 or a positive integer", self.decode_examples)
+
+
+@dataclass
 class TrainConfig:
     out_dir: str = "runs/default"
     # what is trained, a name from the registry in minilm/tasks: "causal_lm" (GPT), "masked_lm" (BERT
     # pretraining) or "classify" (fine-tuning). Unset (or "pretrain", its older name): the model's own
-    # pretraining task, causal_lm or masked_lm by model.causal; a loaded config always names its task.
+    # pretraining task, causal_lm or masked_lm by model.causal; "seq2seq" trains an encoder-decoder
+    # (model.encoder_layers > 0) on source/target pairs. A loaded config always names its task.
     task: str | None = None
     epochs: int = 0  # > 0: train this many passes over the data (sets max_steps) and evaluate after each
     seed: int = 1337
@@ -230,6 +266,7 @@ class Config:
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
     data: DataConfig = field(default_factory=DataConfig)
     classify: ClassifyConfig = field(default_factory=ClassifyConfig)
+    seq2seq: Seq2SeqConfig = field(default_factory=Seq2SeqConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     log: LogConfig = field(default_factory=LogConfig)
 
@@ -362,7 +399,7 @@ def config_from_dict(raw: dict, config_cls: type = Config) -> Config:
     raw = {**raw, "model": model_raw}
     built = {name: _build_section(name, hints[name], raw.get(name) or {}) for name in sections}
     if config_cls is Config and built["train"].task in (None, "pretrain"):
-        task = "causal_lm" if built["model"].causal else "masked_lm"
+        task = "seq2seq" if built["model"].encoder_layers else "causal_lm" if built["model"].causal else "masked_lm"
         built["train"] = dataclasses.replace(built["train"], task=task)
     cfg = config_cls(**built)
     cfg.validate()

@@ -1,7 +1,8 @@
 """Evaluation: run a task model over a loader and turn what its head reports into metrics.
 
 A head reports `Sums` (per-example totals and counts, averaged over the whole set here) and, for classifiers,
-(predictions, targets), which become accuracy, F1, macro-F1, MCC and a confusion matrix.
+(predictions, targets), which become accuracy, F1, macro-F1, MCC and a confusion matrix. Seq2seq runs are also
+scored on what they decode (`decoded_metrics`), not only on the teacher-forced loss.
 """
 
 from __future__ import annotations
@@ -13,8 +14,10 @@ import numpy as np
 import torch
 from accelerate import Accelerator
 
+from minilm.data.seq2seq import References
+from minilm.generate import translate
 from minilm.heads import TaskOutput
-from minilm.metrics import classification_metrics, confusion
+from minilm.metrics import classification_metrics, confusion, error_rates, sequence_errors
 
 
 @dataclass
@@ -73,3 +76,21 @@ def evaluate(model: torch.nn.Module, loader, accelerator: Accelerator, max_batch
         acc.add(model(**batch))
     model.train()
     return acc.result(accelerator.unwrap_model(model).cfg.num_labels, perplexity)
+
+
+def decoded_metrics(model: torch.nn.Module, refs: References, accelerator: Accelerator, limit: int = 0,
+                    beams: int = 1, length_penalty: float = 1.0, batch_size: int = 64) -> dict[str, float]:
+    """val_seq_error and val_token_error of decoding the first `limit` sources of `refs` (0: all), greedily or by
+    beam search; each process decodes its share. The model's train/eval mode is kept."""
+    model = accelerator.unwrap_model(model)
+    training = model.training
+    model.eval()
+    n = min(limit, len(refs.sources)) if limit else len(refs.sources)
+    mine = range(accelerator.process_index, n, accelerator.num_processes)
+    outputs = translate(model, [refs.sources[i] for i in mine], refs.end, beams, length_penalty, batch_size)
+    sums = sequence_errors(outputs, [refs.targets[i] for i in mine])
+    keys = list(sums)
+    totals = torch.tensor([float(sums[k]) for k in keys], device=accelerator.device)
+    totals = accelerator.reduce(totals, "sum") if accelerator.num_processes > 1 else totals
+    model.train(training)
+    return {f"val_{k}": v for k, v in error_rates(dict(zip(keys, totals.tolist()))).items()}

@@ -1,4 +1,5 @@
-"""Decoding a causal LM: sampling (greedy, temperature, top-k, top-p) and beam search, with a KV cache."""
+"""Decoding a causal LM or a seq2seq model: sampling (greedy, temperature, top-k, top-p) and beam search, with a
+KV cache (and, for seq2seq, the encoder run once per source)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from dataclasses import dataclass
 
 import torch
 
-from minilm.heads import CausalLM
+from minilm.heads import CausalLM, Seq2Seq
 from minilm.model import KVCache
 
 
@@ -40,30 +41,72 @@ def sample_next(logits: torch.Tensor, temperature: float = 1.0, top_k: int | Non
     return torch.multinomial(torch.softmax(logits, dim=-1), 1, generator=generator).squeeze(-1)
 
 
+class Steps:
+    """Next-token logits for the rows being decoded, (rows, V), from their sequences so far: a causal LM over
+    its last block_size tokens (the window slides), or a seq2seq decoder over the encoder output of its
+    source, computed once here. With the cache a step feeds only the newest token."""
+
+    def __init__(self, model: CausalLM | Seq2Seq, rows: int, use_cache: bool, source: torch.Tensor | None = None,
+                 source_mask: torch.Tensor | None = None):
+        self.model, self.block = model, model.cfg.block_size
+        self.seq2seq = isinstance(model, Seq2Seq)
+        stack = model.decoder if self.seq2seq else model.transformer
+        weight = stack.tok_emb.weight
+        self.cache = KVCache(model.cfg, rows, self.block, weight.device, weight.dtype) if use_cache else None
+        self.memory = self.mask = None
+        if self.seq2seq:  # the encoder runs once per source; a single source serves all `rows` (beams)
+            self.memory = model.encode(source, source_mask)  # (B, S, C)
+            if self.cache is None and self.memory.size(0) != rows:  # the cache expands the keys and values itself
+                self.memory = self.memory.expand(rows, -1, -1)  # (rows, S, C), a view
+            if source_mask is not None:
+                self.mask = source_mask.expand(rows, -1) if source_mask.size(0) != rows else source_mask
+
+    @property
+    def max_len(self) -> int | None:
+        """The longest sequence a decoder's positions hold (None: a causal LM's window slides)."""
+        return self.block if self.seq2seq else None
+
+    def _forward(self, ids: torch.Tensor, cache: KVCache | None, memory: torch.Tensor | None) -> torch.Tensor:
+        if self.seq2seq:
+            out = self.model(attention_mask=self.mask, decoder_input_ids=ids, memory=memory, cache=cache,
+                             last_only=True)
+        else:
+            out = self.model(ids, cache=cache, last_only=True)
+        return out.logits[:, -1]  # (rows, V)
+
+    def __call__(self, seq: torch.Tensor, first: bool) -> torch.Tensor:
+        if self.cache is None:
+            return self._forward(seq[:, -self.block:], None, self.memory)
+        if first or seq.size(1) > self.block:  # fill, or refill once the window slid (positions shift)
+            self.cache.length = 0
+            self.cache.cross.clear()
+            return self._forward(seq[:, -self.block:], self.cache, self.memory)
+        return self._forward(seq[:, -1:], self.cache, None)  # cross-attention reads the cache
+
+    def reorder(self, rows: torch.Tensor) -> None:
+        if self.cache is not None:
+            self.cache.reorder(rows)
+
+
 @torch.inference_mode()  # lighter than no_grad: no version counters or views tracked for autograd
-def generate(model: CausalLM, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
+def generate(model: CausalLM | Seq2Seq, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
              top_k: int | None = None, top_p: float | None = None, eot: int | None = None,
-             use_cache: bool = True, generator: torch.Generator | None = None) -> Iterator[torch.Tensor]:
+             use_cache: bool = True, generator: torch.Generator | None = None, source: torch.Tensor | None = None,
+             source_mask: torch.Tensor | None = None) -> Iterator[torch.Tensor]:
     """Yield the next token of each row, (B,), up to max_new_tokens or until every row has emitted `eot`.
 
-    The context is the last block_size tokens. With the cache, a step feeds only the newest token; once the
-    sequence outgrows the position table the window slides, positions shift and the cache is rebuilt, so
-    the output always equals generation without the cache.
+    A causal LM continues idx (B, T) over its last block_size tokens; once the sequence outgrows the position
+    table the window slides, positions shift and the cache is rebuilt, so the output always equals generation
+    without the cache. A seq2seq model decodes from idx (the start token) for the `source` (B, S) rows and
+    its mask, up to its block_size positions.
     """
-    cfg, block = model.cfg, model.cfg.block_size
-    B = idx.size(0)
+    steps = Steps(model, idx.size(0), use_cache, source, source_mask)
+    if steps.max_len is not None:
+        max_new_tokens = min(max_new_tokens, steps.max_len - idx.size(1))
     seq = idx
-    done = torch.zeros(B, dtype=torch.bool, device=idx.device)
-    cache = KVCache(cfg, B, block, idx.device, model.transformer.tok_emb.weight.dtype) if use_cache else None
+    done = torch.zeros(idx.size(0), dtype=torch.bool, device=idx.device)
     for i in range(max_new_tokens):
-        if cache is None:
-            logits = model(seq[:, -block:], last_only=True).logits
-        elif i == 0 or seq.size(1) > block:  # fill (or refill after the window slid) the cache
-            cache.length = 0
-            logits = model(seq[:, -block:], cache=cache, last_only=True).logits
-        else:
-            logits = model(seq[:, -1:], cache=cache, last_only=True).logits
-        nxt = sample_next(logits[:, -1], temperature, top_k, top_p, generator)  # (B,)
+        nxt = sample_next(steps(seq, i == 0), temperature, top_k, top_p, generator)  # (B,)
         if eot is not None:
             nxt = torch.where(done, torch.full_like(nxt, eot), nxt)
             done |= nxt == eot
@@ -79,36 +122,28 @@ class Hypothesis:
     score: float  # total log-probability / (generated tokens, end-of-text included) ** length_penalty
 
 
-def _next_logits(model: CausalLM, seq: torch.Tensor, cache: KVCache | None, first: bool) -> torch.Tensor:
-    """Next-token logits (B, V) of every row of seq (B, T), over its last block_size tokens; with the cache,
-    only the newest token is fed unless the cache must be (re)filled."""
-    block = model.cfg.block_size
-    if cache is None:
-        return model(seq[:, -block:], last_only=True).logits[:, -1]
-    if first or seq.size(1) > block:  # fill, or refill once the window slid (positions shift)
-        cache.length = 0
-        return model(seq[:, -block:], cache=cache, last_only=True).logits[:, -1]
-    return model(seq[:, -1:], cache=cache, last_only=True).logits[:, -1]
-
-
 @torch.inference_mode()
-def beam_search(model: CausalLM, prompt: list[int], beams: int, max_new_tokens: int, eot: int | None = None,
-                length_penalty: float = 1.0, n_best: int = 1, use_cache: bool = True) -> list[Hypothesis]:
+def beam_search(model: CausalLM | Seq2Seq, prompt: list[int], beams: int, max_new_tokens: int,
+                eot: int | None = None, length_penalty: float = 1.0, n_best: int = 1, use_cache: bool = True,
+                source: list[int] | None = None) -> list[Hypothesis]:
     """The n_best continuations of `prompt` found by keeping the `beams` most probable partial sequences
     at every step, best first. A hypothesis ends when it chooses `eot`; the search stops once `beams`
     have ended and no live one can still beat them, or after max_new_tokens (live beams then count too).
+    A seq2seq model decodes `source` from `prompt` (its start token); the encoder runs once for all beams.
     """
-    device = model.transformer.tok_emb.weight.device
+    device = next(model.parameters()).device
+    src = torch.tensor([source], device=device) if source is not None else None  # (1, S)
+    steps = Steps(model, beams, use_cache, src)
+    if steps.max_len is not None:
+        max_new_tokens = min(max_new_tokens, steps.max_len - len(prompt))
     seq = torch.tensor([prompt] * beams, device=device)  # (k, T): every beam starts as the prompt
     scores = torch.full((beams,), float("-inf"), device=device)
     scores[0] = 0.0  # one live beam at first, so the first step picks the k best distinct tokens
-    cache = KVCache(model.cfg, beams, model.cfg.block_size, device, model.transformer.tok_emb.weight.dtype) \
-        if use_cache else None
     finished: list[Hypothesis] = []
     norm = lambda total, n: total / n ** length_penalty  # noqa: E731
     settled = False  # stopped because the ended hypotheses cannot be beaten
     for step in range(1, max_new_tokens + 1):
-        logp = torch.log_softmax(_next_logits(model, seq, cache, step == 1).float(), -1)  # (k, V)
+        logp = torch.log_softmax(steps(seq, step == 1).float(), -1)  # (k, V)
         V = logp.size(-1)
         top, flat = (scores[:, None] + logp).view(-1).topk(min(2 * beams, beams * V))  # (2k,) candidates
         parents, tokens, keep = [], [], []
@@ -135,8 +170,7 @@ def beam_search(model: CausalLM, prompt: list[int], beams: int, max_new_tokens: 
         rows = torch.tensor(parents, device=device)
         seq = torch.cat([seq[rows], torch.tensor(tokens, device=device)[:, None]], dim=1)  # (k, T + 1)
         scores = torch.tensor(keep, device=device)
-        if cache is not None:
-            cache.reorder(rows)
+        steps.reorder(rows)
         ended = sorted(h.score for h in finished)[-beams:]
         if len(ended) >= beams and norm(max(keep), step) < ended[0]:
             settled = True  # no live beam can still rank among the best ended ones (at this length)
@@ -144,3 +178,34 @@ def beam_search(model: CausalLM, prompt: list[int], beams: int, max_new_tokens: 
     live = [] if settled else [Hypothesis(seq[i, len(prompt):].tolist(), norm(t, seq.size(1) - len(prompt)))
                                for i, t in enumerate(scores.tolist()) if t != float("-inf")]
     return sorted(finished + live, key=lambda h: h.score, reverse=True)[:n_best]
+
+
+@torch.inference_mode()
+def translate(model: Seq2Seq, sources: list[list[int]], end: int, beams: int = 1, length_penalty: float = 1.0,
+              batch_size: int = 64, temperature: float = 0.0, top_k: int | None = None, top_p: float | None = None,
+              generator: torch.Generator | None = None, use_cache: bool = True,
+              max_new_tokens: int | None = None) -> list[list[int]]:
+    """The decoded target of each source (its token ids, without the end token): greedy or sampled in batches
+    of similar length, or by beam search one source at a time (beams > 1)."""
+    steps = model.cfg.block_size if max_new_tokens is None else max_new_tokens
+    if beams > 1:
+        return [beam_search(model, [end], beams, steps, end, length_penalty, use_cache=use_cache, source=s)[0].tokens
+                for s in sources]
+    device = next(model.parameters()).device
+    order = sorted(range(len(sources)), key=lambda i: len(sources[i]))  # little padding per batch
+    out: list[list[int]] = [[] for _ in sources]
+    for first in range(0, len(order), batch_size):
+        rows = order[first:first + batch_size]
+        S = max(len(sources[i]) for i in rows)
+        src = torch.full((len(rows), S), end, dtype=torch.long)  # (B, S)
+        mask = torch.zeros_like(src)
+        for r, i in enumerate(rows):
+            src[r, :len(sources[i])] = torch.tensor(sources[i])
+            mask[r, :len(sources[i])] = 1
+        start = torch.full((len(rows), 1), end, dtype=torch.long, device=device)  # (B, 1)
+        new = generate(model, start, steps, temperature, top_k, top_p, end, use_cache, generator,
+                       src.to(device), mask.to(device) if not mask.all() else None)
+        tokens = torch.stack(list(new), 1).tolist() if steps else [[] for _ in rows]  # (B, T)
+        for r, i in enumerate(rows):
+            out[i] = tokens[r][:tokens[r].index(end)] if end in tokens[r] else tokens[r]
+    return out

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 import torch
@@ -47,18 +48,67 @@ class CausalLM(nn.Module):
         logits = F.linear(h, self.transformer.tok_emb.weight)  # (B, T, vocab), weights tied to the embedding
         if labels is None:
             return TaskOutput(logits)
-        return lm_loss(logits, labels, "loss", with_metrics=not self.training)
+        return lm_loss(logits, labels, self.cfg.label_smoothing, training=self.training)
 
 
-def lm_loss(logits: torch.Tensor, labels: torch.Tensor, name: str, with_metrics: bool) -> TaskOutput:
-    """Mean cross-entropy over labelled positions; for evaluation also per-example sums and counts."""
+def lm_loss(logits: torch.Tensor, labels: torch.Tensor, label_smoothing: float, training: bool,
+            accuracy: bool = False) -> TaskOutput:
+    """Mean cross-entropy over labelled positions (label-smoothed in training); for evaluation the plain
+    cross-entropy as per-example sums and counts, and with `accuracy` the share of tokens predicted right."""
     flat = logits.reshape(-1, logits.size(-1)).float()  # (N, vocab)
-    if not with_metrics:
-        return TaskOutput(logits, F.cross_entropy(flat, labels.reshape(-1), ignore_index=IGNORE))
+    if training:
+        return TaskOutput(logits, F.cross_entropy(flat, labels.reshape(-1), ignore_index=IGNORE,
+                                                  label_smoothing=label_smoothing))
     per_token = F.cross_entropy(flat, labels.reshape(-1), ignore_index=IGNORE, reduction="none").view(labels.shape)
     count = (labels != IGNORE).sum(-1)  # (B,)
     loss = per_token.sum() / count.sum().clamp(min=1)
-    return TaskOutput(logits, loss, {name: Sums(per_token.sum(-1), count)})
+    out = TaskOutput(logits, loss, {"loss": Sums(per_token.sum(-1), count)})
+    if accuracy:
+        right = (logits.argmax(-1) == labels) & (labels != IGNORE)  # (B, T)
+        out.metrics["token_acc"] = Sums(right.sum(-1).float(), count)
+    return out
+
+
+def encoder_config(cfg: ModelConfig) -> ModelConfig:
+    """An encoder-decoder's encoder: model.encoder_layers bidirectional Blocks, otherwise the decoder's settings."""
+    return dataclasses.replace(cfg, n_layer=cfg.encoder_layers, causal=False, encoder_layers=0)
+
+
+class Seq2Seq(nn.Module):
+    """The original Transformer: a bidirectional encoder over the source and a causal decoder whose Blocks also
+    attend to the encoder output, with the output projection tied to the decoder's token embedding.
+
+    Training is teacher-forced: the decoder reads [start] + target and predicts target + [end] (labels).
+    With model.share_embeddings the encoder reads the decoder's token table (one vocabulary for both sides).
+    """
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.encoder = Transformer(encoder_config(cfg), token_table=not cfg.share_embeddings)
+        self.decoder = Transformer(cfg)
+
+    def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Source ids (B, S) -> encoder output (B, S, C), zeros at padding."""
+        return self.encoder(input_ids, attention_mask=attention_mask, tok_emb=self.decoder.tok_emb
+                            if self.cfg.share_embeddings else None)
+
+    def forward(self, input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
+                decoder_input_ids: torch.Tensor | None = None, decoder_attention_mask: torch.Tensor | None = None,
+                labels: torch.Tensor | None = None, memory: torch.Tensor | None = None,
+                cache: KVCache | None = None, last_only: bool = False) -> TaskOutput:
+        """Source (B, S) with its mask, decoder input (B, T) -> next-token logits (B, T, vocab). Decoding passes
+        `memory` (the encoder output) instead of the source, and with a cache only at the first step."""
+        if memory is None and (cache is None or not cache.cross):
+            memory = self.encode(input_ids, attention_mask)  # (B, S, C)
+        h = self.decoder(decoder_input_ids, attention_mask=decoder_attention_mask, cache=cache, memory=memory,
+                         memory_mask=attention_mask)  # (B, T, C)
+        if last_only:
+            h = h[:, -1:]  # (B, 1, C)
+        logits = F.linear(h, self.decoder.tok_emb.weight)  # (B, T, vocab), tied to the target embedding
+        if labels is None:
+            return TaskOutput(logits)
+        return lm_loss(logits, labels, self.cfg.label_smoothing, training=self.training, accuracy=True)
 
 
 class Pooler(nn.Module):

@@ -1,5 +1,5 @@
-"""Metrics: classification (accuracy, F1, macro-F1, Matthews correlation) from label ids, and grapheme-to-phoneme
-word and phoneme error rates from token sequences."""
+"""Metrics: classification (accuracy, F1, macro-F1, Matthews correlation) from label ids, and sequence and token
+error rates of decoded sequences (grapheme-to-phoneme conversion's word and phoneme error rates)."""
 
 from __future__ import annotations
 
@@ -55,15 +55,20 @@ def edit_distance(a: list[str], b: list[str]) -> int:
     return row[-1]
 
 
-def pronunciation_errors(predicted: dict[str, list[str]], references: dict[str, list[list[str]]]) -> dict[str, float]:
-    """Grapheme-to-phoneme scores over the words of `references` (each with all its pronunciations):
-    word error rate (share of words whose prediction matches none of them) and phoneme error rate (edit
-    distance to the closest pronunciation over that pronunciation's length, summed over words)."""
+def sequence_errors(predicted: list[list], references: list[list[list]]) -> dict[str, int]:
+    """Sums for decoded outputs, each scored against all the targets of its source: sources, wrong (matches none
+    of them), edits (edit distance to the closest) and length (of that closest target). For grapheme-to-phoneme
+    conversion, error_rates of these are the word and phoneme error rates."""
     wrong = edits = length = 0
-    for word, refs in references.items():
-        guess = predicted.get(word, [])
-        dist, ref = min((edit_distance(guess, r), r) for r in refs)
+    for guess, refs in zip(predicted, references, strict=True):
+        dist, n = min((edit_distance(guess, r), len(r)) for r in refs)
         wrong += dist > 0
         edits += dist
-        length += len(ref)
-    return {"wer": wrong / max(len(references), 1), "per": edits / max(length, 1)}
+        length += n
+    return {"sources": len(references), "wrong": wrong, "edits": edits, "length": length}
+
+
+def error_rates(sums: dict[str, float]) -> dict[str, float]:
+    """seq_error (share of sources decoded wrong) and token_error (edits over target length) from sequence_errors'
+    sums (added up over processes)."""
+    return {"seq_error": sums["wrong"] / max(sums["sources"], 1), "token_error": sums["edits"] / max(sums["length"], 1)}

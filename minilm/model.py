@@ -2,7 +2,8 @@
 
 Read bottom-up: attention, MLP, Block, then the stack. GPT (causal, pre-LN, final LayerNorm) and
 BERT (bidirectional, post-LN, embedding LayerNorm, segment embeddings) are the same classes with
-different ModelConfig switches; task heads live in heads.py.
+different ModelConfig switches; so is the original Transformer's encoder-decoder, whose decoder Blocks add
+cross-attention over the encoder's output (model.encoder_layers > 0). Task heads live in heads.py.
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ class KVCache:
         self.k = torch.zeros(shape, device=device, dtype=dtype)
         self.v = torch.zeros(shape, device=device, dtype=dtype)
         self.length = 0  # positions already cached
+        # cross-attention keys and values per layer, computed from the encoder's output once per source
+        self.cross: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Store k, v of shape (B, nh, T, hs) after the cached positions; return all keys and values so far."""
@@ -35,7 +38,8 @@ class KVCache:
         return self.k[layer, :, :, :end], self.v[layer, :, :, :end]  # (B, nh, end, hs)
 
     def reorder(self, rows: torch.Tensor) -> None:
-        """Keep row rows[i] of the cache as row i (beam search: each beam continues its parent's cache)."""
+        """Keep row rows[i] of the cache as row i (beam search: each beam continues its parent's cache). The
+        cross-attention keys and values stay: the beams of one source share them."""
         self.k = self.k.index_select(1, rows)
         self.v = self.v.index_select(1, rows)
 
@@ -59,28 +63,50 @@ class Unpadded:
 
 
 class Attention(nn.Module):
-    """Multi-head self-attention through torch's scaled_dot_product_attention (flash / memory-efficient)."""
+    """Multi-head attention through torch's scaled_dot_product_attention (flash / memory-efficient): self-attention,
+    or with `cross` the decoder's cross-attention, whose keys and values come from the encoder's output."""
 
-    def __init__(self, cfg: ModelConfig):
+    def __init__(self, cfg: ModelConfig, cross: bool = False):
         super().__init__()
         self.n_head = cfg.n_head
         self.dropout = cfg.dropout
-        self.qkv = nn.Linear(cfg.n_embd, 3 * cfg.n_embd, bias=cfg.bias)  # q, k, v for all heads in one matmul
+        self.cross = cross
+        if cross:
+            self.q = nn.Linear(cfg.n_embd, cfg.n_embd, bias=cfg.bias)
+            self.kv = nn.Linear(cfg.n_embd, 2 * cfg.n_embd, bias=cfg.bias)  # k, v of the encoder output in one matmul
+        else:
+            self.qkv = nn.Linear(cfg.n_embd, 3 * cfg.n_embd, bias=cfg.bias)  # q, k, v for all heads in one matmul
         self.proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=cfg.bias)
         self.resid_drop = nn.Dropout(cfg.dropout)
 
+    def _heads(self, t: torch.Tensor) -> torch.Tensor:
+        B, T, C = t.shape
+        return t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
+
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None, is_causal: bool,
-                cache: KVCache | None = None, layer: int = 0, unpadded: Unpadded | None = None) -> torch.Tensor:
-        qkv = self.qkv(x)  # (B, T, 3C), or (N, 3C) for unpadded tokens
-        if unpadded is not None:
-            qkv = unpadded.pad(qkv)  # (B, T, 3C)
-        B, T, C = qkv.size(0), qkv.size(1), qkv.size(2) // 3
-        q, k, v = qkv.split(C, dim=2)  # 3 x (B, T, C)
-        q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
-        k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
-        v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
-        if cache is not None:
-            k, v = cache.update(layer, k, v)  # (B, nh, S, hs) with S = cached + T
+                cache: KVCache | None = None, layer: int = 0, unpadded: Unpadded | None = None,
+                memory: torch.Tensor | None = None) -> torch.Tensor:
+        """x (B, T, C), or (N, C) for unpadded tokens; memory (B, S, C): the encoder output (cross-attention)."""
+        if self.cross:
+            q = self.q(x)  # (B, T, C) or (N, C)
+            q = unpadded.pad(q) if unpadded is not None else q  # (B, T, C)
+            if cache is not None and layer in cache.cross:
+                k, v = cache.cross[layer]  # (B, nh, S, hs) each: computed at the first step
+            else:
+                k, v = (self._heads(t) for t in self.kv(memory).chunk(2, dim=-1))  # (B, nh, S, hs) each
+                if cache is not None:
+                    cache.cross[layer] = (k.expand(q.size(0), -1, -1, -1), v.expand(q.size(0), -1, -1, -1))
+                    k, v = cache.cross[layer]  # the beams of one source share one copy
+            B, T, C = q.shape
+            q = self._heads(q)  # (B, nh, T, hs)
+        else:
+            qkv = self.qkv(x)  # (B, T, 3C), or (N, 3C) for unpadded tokens
+            if unpadded is not None:
+                qkv = unpadded.pad(qkv)  # (B, T, 3C)
+            B, T, C = qkv.size(0), qkv.size(1), qkv.size(2) // 3
+            q, k, v = (self._heads(t) for t in qkv.split(C, dim=2))  # 3 x (B, nh, T, hs)
+            if cache is not None:
+                k, v = cache.update(layer, k, v)  # (B, nh, S, hs) with S = cached + T
         y = F.scaled_dot_product_attention(
             q, k, v, attn_mask=mask, is_causal=is_causal, dropout_p=self.dropout if self.training else 0.0
         )  # (B, nh, T, hs)
@@ -103,22 +129,32 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
-    """Attention + MLP with residuals; LayerNorm before each (pre-LN, GPT-2) or after each residual add (post-LN)."""
+    """Attention + MLP with residuals; LayerNorm before each (pre-LN, GPT-2) or after each residual add (post-LN).
+    In an encoder-decoder's decoder, cross-attention over the encoder output sits between the two."""
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.pre_norm = cfg.norm == "pre"
         self.norm1 = nn.LayerNorm(cfg.n_embd, eps=cfg.norm_eps, bias=cfg.bias)
         self.attn = Attention(cfg)
+        if cfg.encoder_layers:
+            self.norm_cross = nn.LayerNorm(cfg.n_embd, eps=cfg.norm_eps, bias=cfg.bias)
+            self.cross_attn = Attention(cfg, cross=True)
         self.norm2 = nn.LayerNorm(cfg.n_embd, eps=cfg.norm_eps, bias=cfg.bias)
         self.mlp = MLP(cfg)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None, is_causal: bool,
-                cache: KVCache | None = None, layer: int = 0, unpadded: Unpadded | None = None) -> torch.Tensor:
+                cache: KVCache | None = None, layer: int = 0, unpadded: Unpadded | None = None,
+                memory: torch.Tensor | None = None, memory_mask: torch.Tensor | None = None) -> torch.Tensor:
+        cross = memory is not None or (cache is not None and layer in cache.cross)
         if self.pre_norm:
             x = x + self.attn(self.norm1(x), mask, is_causal, cache, layer, unpadded)
+            if cross:
+                x = x + self.cross_attn(self.norm_cross(x), memory_mask, False, cache, layer, unpadded, memory)
             return x + self.mlp(self.norm2(x))
         x = self.norm1(x + self.attn(x, mask, is_causal, cache, layer, unpadded))
+        if cross:
+            x = self.norm_cross(x + self.cross_attn(x, memory_mask, False, cache, layer, unpadded, memory))
         return self.norm2(x + self.mlp(x))
 
 
@@ -135,12 +171,13 @@ def sinusoidal_table(n_pos: int, dim: int) -> torch.Tensor:
 class Transformer(nn.Module):
     """Embeddings (token + position [+ segment]) -> n_layer Blocks -> final LayerNorm (pre-LN only)."""
 
-    def __init__(self, cfg: ModelConfig):
+    def __init__(self, cfg: ModelConfig, token_table: bool = True):
         super().__init__()
         if cfg.vocab_size <= 0:
             raise ValueError("ModelConfig.vocab_size must be set (the tokenizer's size) before building a model")
         self.cfg = cfg
-        self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.n_embd)
+        # token_table=False: the caller passes its own table to forward (an encoder sharing the decoder's)
+        self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.n_embd) if token_table else None
         if cfg.position == "learned":
             self.pos_emb = nn.Embedding(cfg.block_size, cfg.n_embd)
         else:
@@ -168,14 +205,15 @@ class Transformer(nn.Module):
         if isinstance(m, nn.Linear) and m.bias is not None:
             nn.init.zeros_(m.bias)
 
-    def _mask(self, attention_mask: torch.Tensor | None, T: int, past: int) -> tuple[torch.Tensor | None, bool]:
+    def _mask(self, attention_mask: torch.Tensor | None, T: int, past: int,
+              device: torch.device) -> tuple[torch.Tensor | None, bool]:
         """(attn_mask, is_causal) for SDPA. Plain causal or unmasked cases take the fast kernels."""
         causal = self.cfg.causal
         if attention_mask is None and (not causal or T == 1):
             return None, False
         if attention_mask is None and past == 0:
             return None, True
-        q = torch.arange(past, past + T, device=self.tok_emb.weight.device)[:, None]  # (T, 1)
+        q = torch.arange(past, past + T, device=device)[:, None]  # (T, 1)
         k = torch.arange(past + T, device=q.device)[None, :]  # (1, S)
         allowed = (k <= q) if causal else torch.ones(T, past + T, dtype=torch.bool, device=q.device)
         allowed = allowed[None, None]  # (1, 1, T, S)
@@ -187,9 +225,12 @@ class Transformer(nn.Module):
 
     def forward(self, idx: torch.Tensor, segment_ids: torch.Tensor | None = None,
                 attention_mask: torch.Tensor | None = None, position_ids: torch.Tensor | None = None,
-                cache: KVCache | None = None) -> torch.Tensor:
+                cache: KVCache | None = None, memory: torch.Tensor | None = None,
+                memory_mask: torch.Tensor | None = None, tok_emb: nn.Embedding | None = None) -> torch.Tensor:
         """idx (B, T) token ids -> hidden states (B, T, n_embd). attention_mask (B, past + T): 1 = real token;
-        without a cache, the blocks skip padding entirely and its hidden states come back as zeros."""
+        without a cache, the blocks skip padding entirely and its hidden states come back as zeros.
+        A decoder also takes the encoder output `memory` (B, S, n_embd) and its mask (B, S); with a cache, only
+        at the first step (the cache keeps what cross-attention needs). tok_emb: a table of the caller's."""
         B, T = idx.shape
         past = cache.length if cache is not None else 0
         if past + T > self.cfg.block_size:
@@ -197,13 +238,15 @@ class Transformer(nn.Module):
         if position_ids is None:
             position_ids = torch.arange(past, past + T, device=idx.device)[None]  # (1, T)
         pos = self.pos_emb(position_ids) if self.pos_emb is not None else self.pos_table[position_ids]
-        x = self.tok_emb(idx) + pos  # (B, T, C)
+        x = (tok_emb or self.tok_emb)(idx) + pos  # (B, T, C)
         if self.seg_emb is not None:
             x = x + self.seg_emb(segment_ids if segment_ids is not None else torch.zeros_like(idx))
         if self.emb_norm is not None:
             x = self.emb_norm(x)
         x = self.drop(x)
-        mask, is_causal = self._mask(attention_mask, T, past)
+        mask, is_causal = self._mask(attention_mask, T, past, idx.device)
+        if memory_mask is not None:
+            memory_mask = memory_mask.bool()[:, None, None, :]  # (B, 1, 1, S): padding keys masked for every query
         unpadded = None
         if attention_mask is not None and cache is None:
             unpadded = Unpadded(attention_mask.flatten().bool(), B, T)
@@ -213,9 +256,9 @@ class Transformer(nn.Module):
                 x = unpadded.unpad(x)  # (N, C): the blocks see real tokens only
         for i, block in enumerate(self.blocks):
             if self.cfg.gradient_checkpointing and self.training:
-                x = checkpoint(block, x, mask, is_causal, None, i, unpadded, use_reentrant=False)
+                x = checkpoint(block, x, mask, is_causal, None, i, unpadded, memory, memory_mask, use_reentrant=False)
             else:
-                x = block(x, mask, is_causal, cache, i, unpadded)
+                x = block(x, mask, is_causal, cache, i, unpadded, memory, memory_mask)
         if cache is not None:
             cache.length += T
         if self.final_norm is not None:

@@ -1,4 +1,5 @@
-"""Tokenizers through the `tokenizers` library: character-level, GPT-2 style byte-level BPE, BERT WordPiece.
+"""Tokenizers through the `tokenizers` library: character-level, word-level (whitespace-separated symbols such as
+phonemes), GPT-2 style byte-level BPE, BERT WordPiece.
 
 A tokenizer is a plain `tokenizers.Tokenizer`; it is saved with each run as `tokenizer.json`.
 """
@@ -41,6 +42,14 @@ def train_char(texts: Iterable[str]) -> Tokenizer:
     return tok
 
 
+def train_word(texts: Iterable[str]) -> Tokenizer:
+    """Every whitespace-separated symbol is one token (phoneme strings, pre-split text); unseen ones are [UNK]."""
+    tok = Tokenizer(models.WordLevel(unk_token=UNK))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok.train_from_iterator(texts, trainers.WordLevelTrainer(special_tokens=[EOT, UNK], show_progress=False))
+    return tok  # no decoder: decoding joins the tokens with spaces
+
+
 def train_bpe(texts: Iterable[str], vocab_size: int) -> Tokenizer:
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -80,6 +89,8 @@ def train_tokenizer(cfg: TokenizerConfig, texts: Iterable[str]) -> Tokenizer:
         return train_char(texts)
     if cfg.kind == "bpe":
         return train_bpe(texts, cfg.vocab_size)
+    if cfg.kind == "word":
+        return train_word(texts)
     return train_wordpiece(texts, cfg.vocab_size, cfg.lowercase)
 
 
@@ -118,8 +129,8 @@ def eot_id(tok: Tokenizer) -> int | None:
 
 def unknown_chars(tok: Tokenizer, text: str) -> list[str]:
     """Characters of `text` that a character-level tokenizer has no id for (empty for other kinds)."""
-    if not isinstance(tok.model, models.WordLevel):
-        return []
+    if not isinstance(tok.model, models.WordLevel) or tok.token_to_id(UNK) is not None:
+        return []  # only a character vocabulary lacks an [UNK] for what it never saw
     vocab = tok.get_vocab()
     return sorted({ch for ch in text if ch not in vocab})
 

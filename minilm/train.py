@@ -24,7 +24,8 @@ from tqdm.auto import tqdm
 from minilm.config import Config, TrainConfig
 from minilm.data.streaming import StreamedBlocks, with_positions
 from minilm.errors import ConfigError, Stopped, TrainingError
-from minilm.evaluation import Evaluation, evaluate
+from minilm.data.seq2seq import References
+from minilm.evaluation import Evaluation, decoded_metrics, evaluate
 from minilm.hf import load_pretrained
 from minilm.metrics import format_confusion
 from minilm.model import count_params
@@ -136,6 +137,7 @@ class Session:
     peak_flops: float | None  # the GPU's peak (MFU is reported only then)
     guard: bool  # skip steps with a non-finite loss or gradient here (fp16's GradScaler does it itself)
     streamed: bool  # the training text is streamed (data.streaming): batches carry their stream position
+    references: References | None  # seq2seq: validation sources and targets, for the decoded metrics
     position: dict | None = None  # where this process's stream stands after the last batch trained on
     started: float = dataclasses.field(default_factory=time.perf_counter)  # this session's start
 
@@ -198,7 +200,7 @@ def set_up(cfg: Config, task: Task, run: RunDir, accelerator: Accelerator) -> Se
                       f"{accelerator.num_processes} process(es) on {accelerator.device}")
     return Session(cfg, task, run, accelerator, model, optimizer, train_loader, val_loader, progress,
                    Meter.on(accelerator.device, progress.skipped), n_params, device_peak_flops(),
-                   guard=accelerator.scaler is None, streamed=streamed)
+                   guard=accelerator.scaler is None, streamed=streamed, references=data.references)
 
 
 def load_init(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str | None) -> None:
@@ -323,6 +325,9 @@ def evaluate_and_save(s: Session) -> tuple[Evaluation, bool]:
     acc, tc, p = s.accelerator, s.cfg.train, s.progress
     last = p.step == tc.max_steps
     ev = evaluate(s.model, s.val_loader, acc, 0 if last else tc.eval_batches, s.task.perplexity)
+    limit = 0 if last else s.cfg.seq2seq.decode_examples
+    if s.references is not None and (last or limit):  # what the model decodes, greedily: all sources at the end
+        ev.metrics.update(decoded_metrics(s.model, s.references, acc, limit))
     s.run.metrics.write({"split": "val", "step": p.step, **ev.metrics})
     acc.log(ev.metrics, step=p.step)
     tqdm_write(acc, f"step {p.step}: " + ", ".join(f"{k} {v:.4f}" for k, v in ev.metrics.items()))
@@ -362,7 +367,7 @@ def improved(metric: str | None, result: dict[str, float], best: float | None) -
         return True
     if metric not in result:  # e.g. val_f1, which only two-label classifiers report
         raise ConfigError(f"train.best_metric={metric!r} is not reported; this run reports {', '.join(result)}")
-    lower_is_better = metric.endswith(("loss", "ppl"))
+    lower_is_better = metric.endswith(("loss", "ppl", "error"))
     return best is None or (result[metric] < best if lower_is_better else result[metric] > best)
 
 

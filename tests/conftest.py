@@ -71,9 +71,12 @@ def _env() -> dict:
     return {**os.environ, "PYTHONPATH": str(ROOT)}
 
 
-def run_cli(*args: str, cwd: Path = ROOT, module: bool = True, timeout: float = 300) -> subprocess.CompletedProcess:
-    """`python -m minilm.cli ARGS` (or `python ARGS` with module=False or a .py first) in a subprocess, offline."""
-    return subprocess.run(_command(args, module), cwd=cwd, env=_env(), capture_output=True, text=True, timeout=timeout)
+def run_cli(*args: str, cwd: Path = ROOT, module: bool = True, timeout: float = 300,
+            input_text: str | None = None) -> subprocess.CompletedProcess:
+    """`python -m minilm.cli ARGS` (or `python ARGS` with module=False or a .py first) in a subprocess, offline;
+    input_text: its standard input."""
+    return subprocess.run(_command(args, module), cwd=cwd, env=_env(), capture_output=True, text=True, timeout=timeout,
+                          input=input_text)
 
 
 def run_cli_many(commands: list[tuple[str, ...]], module: bool = True, timeout: float = 300,

@@ -731,13 +731,13 @@ def test_cli_finetune_unseen_label_is_one_line(tmp_path, trec_files, capsys):
     assert not (tmp_path / "ft").exists()  # a refused fine-tune leaves no run directory
 
 
-def test_edit_distance_and_pronunciation_errors_by_hand():
-    from minilm.metrics import edit_distance, pronunciation_errors
+def test_edit_distance_and_sequence_errors_by_hand():
+    from minilm.metrics import edit_distance, error_rates, sequence_errors
 
     assert edit_distance("kitten", "sitting") == 3 and edit_distance([], list("abc")) == 3
     assert edit_distance(list("abc"), list("abc")) == 0 and edit_distance(list("ab"), list("ba")) == 2
-    refs = {"either": [["IY", "DH", "ER"], ["AY", "DH", "ER"]], "cat": [["K", "AE", "T"]], "a": [["AH"], ["EY"]]}
-    got = pronunciation_errors({"either": ["AY", "DH", "ER"], "cat": ["K", "AH", "T", "S"], "a": ["EH"]}, refs)
+    refs = [[["IY", "DH", "ER"], ["AY", "DH", "ER"]], [["K", "AE", "T"]], [["AH"], ["EY"]]]  # either, cat, a
+    got = error_rates(sequence_errors([["AY", "DH", "ER"], ["K", "AH", "T", "S"], ["EH"]], refs))
     # either matches its second pronunciation; cat: 1 substitution + 1 insertion over 3; a: 1 substitution over 1
-    assert got["wer"] == pytest.approx(2 / 3)
-    assert got["per"] == pytest.approx((0 + 2 + 1) / (3 + 3 + 1))
+    assert got["seq_error"] == pytest.approx(2 / 3)
+    assert got["token_error"] == pytest.approx((0 + 2 + 1) / (3 + 3 + 1))

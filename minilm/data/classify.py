@@ -28,6 +28,15 @@ def load_table(patterns: list[str], what: str) -> datasets.Dataset:
     return load_files(files)
 
 
+def train_val_tables(cfg: Config) -> tuple[datasets.Dataset, datasets.Dataset]:
+    """data.train_files and data.val_files, or a seeded data.val_fraction of the training rows held out."""
+    train = load_table(cfg.data.train_files, "data.train_files")
+    if cfg.data.val_files:
+        return train, load_table(cfg.data.val_files, "data.val_files")
+    parts = train.train_test_split(test_size=cfg.data.val_fraction, seed=cfg.train.seed)
+    return parts["train"], parts["test"]
+
+
 def require_column(ds: datasets.Dataset, column: str | None, key: str, what: str) -> None:
     if column is not None and column not in ds.column_names:
         raise DataError(f"{what} has no column {column!r} (columns: {', '.join(ds.column_names)}): set {key}")

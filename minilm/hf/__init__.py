@@ -1,5 +1,6 @@
 """Hugging Face interop: export runs as `transformers` folders (GPT -> GPT-2, BERT -> BertForPreTraining,
-BERT classifier -> BertForSequenceClassification); import GPT-2 / BERT folders and minilm runs.
+BERT classifier -> BertForSequenceClassification, encoder-decoder -> BartForConditionalGeneration); import
+GPT-2 / BERT / BART folders and minilm runs.
 
 Only the file layout is involved (safetensors, json, tokenizers), so this module never imports `transformers`.
 Each direction dispatches on the model kind through the `_EXPORTERS` / `_IMPORTERS` tables.
@@ -20,7 +21,7 @@ from tokenizers import Tokenizer
 
 from minilm.config import ModelConfig
 from minilm.errors import CheckpointError
-from minilm.hf import bert, gpt2
+from minilm.hf import bart, bert, gpt2
 from minilm.hf.files import hf_tokenizer, read_json, read_weights, tokenizer_config, wordpiece_vocab
 from minilm.run import load_run, read_config, read_tokenizer
 from minilm.runfiles import CONFIG_FILE, MODEL_FILE, TOKENIZER_FILE, State, check_state, read_safetensors, shapes
@@ -32,11 +33,12 @@ _EXPORTERS: dict[str, tuple[Callable[[ModelConfig], None],
                             Callable[[ModelConfig, torch.nn.Module, Tokenizer], tuple[dict[str, Any], State]]]] = {
     "gpt2": (gpt2.check, gpt2.export),
     "bert": (bert.check, bert.export),
+    "bart": (bart.check, bart.export),
 }
 
 
 def _model_kind(cfg: ModelConfig) -> str:
-    return "gpt2" if cfg.causal else "bert"
+    return "bart" if cfg.encoder_layers else "gpt2" if cfg.causal else "bert"
 
 
 def _check_out_dir(out_dir: Path) -> None:
@@ -84,7 +86,7 @@ def export_hf(run_dir: Path, out_dir: Path) -> None:
 
 # Hugging Face model_type -> (importer, the task its weights serve)
 _IMPORTERS: dict[str, tuple[Callable[[dict[str, Any], State, Path], tuple[ModelConfig, State]], str]] = {
-    "gpt2": (gpt2.load, "causal_lm"), "bert": (bert.load, "masked_lm")}
+    "gpt2": (gpt2.load, "causal_lm"), "bert": (bert.load, "masked_lm"), "bart": (bart.load, "seq2seq")}
 
 
 def sentence_pooling(path: Path) -> str | None:
@@ -106,7 +108,8 @@ def sentence_pooling(path: Path) -> str | None:
 
 
 def load_pretrained(path: str | Path) -> Source:
-    """Config, weights (our names) and tokenizer of a minilm run directory or a local Hugging Face GPT-2 / BERT folder."""
+    """Config, weights (our names) and tokenizer of a minilm run directory or a local Hugging Face GPT-2 / BERT /
+    BART folder."""
     path = Path(path)
     if not path.is_dir():
         raise CheckpointError(f"model.init_from={str(path)!r} is not a directory: give a minilm run directory "

@@ -4,6 +4,7 @@ its data, collators, model and evaluation are built (see tasks/base.py for the T
     causal_lm   GPT pretraining: packed blocks, next-token loss, perplexity
     masked_lm   BERT pretraining: NSP sentence pairs (or packed blocks), dynamic masking
     classify    a classifier over a BERT or GPT stack, on labelled tables
+    seq2seq     an encoder-decoder on source/target pairs, scored on what it decodes
 """
 
 from __future__ import annotations
@@ -13,10 +14,10 @@ from tokenizers import Tokenizer
 
 from minilm.config import Config
 from minilm.errors import ConfigError
-from minilm.tasks import causal_lm, classify, masked_lm
+from minilm.tasks import causal_lm, classify, masked_lm, seq2seq
 from minilm.tasks.base import Source, Task, TaskData
 
-TASKS: dict[str, Task] = {t.TASK.name: t.TASK for t in (causal_lm, masked_lm, classify)}
+TASKS: dict[str, Task] = {t.TASK.name: t.TASK for t in (causal_lm, masked_lm, classify, seq2seq)}
 
 __all__ = ["TASKS", "Source", "Task", "TaskData", "build_model", "get_task", "prepare"]
 

@@ -12,6 +12,7 @@ from tokenizers import Tokenizer
 from minilm.config import Config, ModelConfig
 from minilm.data.pieces import sample_texts
 from minilm.data.prepared import Prepared, prepare
+from minilm.data.seq2seq import References
 from minilm.data.streaming import Streamed, open_stream
 from minilm.errors import ConfigError
 from minilm.tokenizer import check_vocab, load_tokenizer, train_tokenizer
@@ -40,6 +41,7 @@ class TaskData:
     collate: Collate | None = None  # batches the training examples (None: default stacking)
     val_collate: Collate | None = None  # batches the validation examples
     init_state: State | None = None  # weights from model.init_from, for the parts this task keeps
+    references: References | None = None  # seq2seq: the validation sources with all their targets, to decode
 
 
 @dataclass(frozen=True)
@@ -56,6 +58,7 @@ class Task:
     causal: bool | None = None  # the attention the task needs; None: either
     perplexity: bool = False  # report exp(loss): the loss is a mean over tokens
     prepared: bool = False  # pretraining text: prepared token shards (what `minilm prepare` makes ahead) or a stream
+    encoder_decoder: bool = False  # the model is an encoder-decoder (model.encoder_layers > 0)
 
     def check(self, cfg: Config) -> None:
         """Before any work: the config asks for something this task can do."""
@@ -71,6 +74,12 @@ class Task:
             self.check_model(cfg.model)
 
     def check_model(self, model: ModelConfig) -> None:
+        if self.encoder_decoder and not model.encoder_layers:
+            raise ConfigError(f"train.task={self.name} trains an encoder-decoder: set model.encoder_layers (the "
+                              "encoder's depth, e.g. 3)")
+        if model.encoder_layers and not self.encoder_decoder:
+            raise ConfigError(f"model.encoder_layers={model.encoder_layers} builds an encoder-decoder, which "
+                              f"train.task={self.name} cannot train: set train.task=seq2seq, or model.encoder_layers=0")
         if self.causal is not None and model.causal != self.causal:
             other = "causal_lm" if model.causal else "masked_lm"
             raise ConfigError(f"train.task={self.name} needs model.causal={str(self.causal).lower()}; this model is "
@@ -89,7 +98,8 @@ def resolve_model(cfg: Config, source: Source | None) -> ModelConfig:
         raise ConfigError(f"model.block_size={cfg.model.block_size} is beyond the position table of "
                           f"model.init_from ({src.block_size} positions): set model.block_size={src.block_size} "
                           "or less")
-    keep = {f: getattr(cfg.model, f) for f in ("dropout", "gradient_checkpointing", "init_from", "classifier_dropout")}
+    keep = {f: getattr(cfg.model, f) for f in ("dropout", "gradient_checkpointing", "init_from", "classifier_dropout",
+                                              "label_smoothing")}
     return dataclasses.replace(src, **keep, num_labels=0)
 
 

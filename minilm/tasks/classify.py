@@ -11,7 +11,7 @@ from tokenizers import Tokenizer
 from minilm.config import Config
 from minilm.data.batch import Shuffled
 from minilm.data.classify import (PadCollator, encode_table, iter_table_texts, label_names, load_table, pad_id,
-                                  require_column)
+                                  require_column, train_val_tables)
 from minilm.errors import ConfigError
 from minilm.heads import Classifier
 from minilm.tasks.base import Source, Task, TaskData, choose_tokenizer, resolve_model, with_vocab
@@ -21,16 +21,8 @@ def collator(cfg: Config, tok: Tokenizer) -> PadCollator:
     return PadCollator(pad_id(tok), cfg.classify.padding_side)
 
 
-def _tables(cfg: Config) -> tuple[datasets.Dataset, datasets.Dataset]:
-    train = load_table(cfg.data.train_files, "data.train_files")
-    if cfg.data.val_files:
-        return train, load_table(cfg.data.val_files, "data.val_files")
-    parts = train.train_test_split(test_size=cfg.data.val_fraction, seed=cfg.train.seed)  # a seeded split
-    return parts["train"], parts["test"]
-
-
 def prepare(cfg: Config, tok: Tokenizer | None, source: Source | None) -> TaskData:
-    train_tab, val_tab = _tables(cfg)
+    train_tab, val_tab = train_val_tables(cfg)
     require_column(train_tab, cfg.classify.label_column, "classify.label_column", "data.train_files")
     labels = cfg.classify.labels or label_names(train_tab, cfg.classify.label_column)
     if len(labels) < 2:
