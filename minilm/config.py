@@ -25,7 +25,8 @@ def _check(cond: bool, key: str, allowed: str, value: Any) -> None:
         raise ConfigError(f"{key}={value!r} is not allowed: {allowed}")
 
 
-POOLINGS = ("cls", "mean", "last")
+POOLINGS = ("cls", "mean", "last", "max")
+ARCHS = ("transformer", "rnn", "lstm", "gru", "sru")
 
 
 @dataclass
@@ -33,6 +34,9 @@ class ModelConfig:
     """The shared Transformer stack. GPT and BERT differ only in these switches and their heads."""
 
     preset: str | None = None  # a name from PRESETS; its values sit under anything set explicitly
+    # the model family: "transformer", or a recurrent stack of "rnn" (Elman, tanh), "lstm", "gru" or "sru"
+    # (n_layer layers of hidden_size, dropout between them; n_head, block positions and norms do not apply)
+    arch: str = "transformer"
     vocab_size: int = 0  # 0: take it from the tokenizer
     block_size: int = 256  # context length = size of the position table
     n_layer: int = 4
@@ -56,17 +60,29 @@ class ModelConfig:
     num_labels: int = 0  # > 0: a sequence classifier over the stack (set by fine-tuning from the labels)
     classifier_dropout: float = 0.1
     # what a classifier reads (filled in from classify.pooling): "cls" (BERT's pooled [CLS]), "mean" (of the real
-    # tokens, as sentence-transformers pools) or "last" (the last real token, GPT's); "": the model's own
+    # tokens, as sentence-transformers pools), "max" or "last" (the last real token, GPT's); "": the model's own
     pooling: str = ""
     # > 0: an encoder-decoder (the original Transformer): an encoder of this many bidirectional Blocks, and the
     # n_layer causal Blocks as the decoder, each with cross-attention over the encoder's output (train.task=seq2seq)
     encoder_layers: int = 0
     share_embeddings: bool = True  # encoder-decoder: the encoder reads the decoder's token table (one vocabulary)
     label_smoothing: float = 0.0  # training loss of the LM and seq2seq tasks (the original Transformer used 0.1)
+    # recurrent stacks (model.arch != transformer):
+    hidden_size: int = 0  # the state's width; 0: n_embd
+    bidirectional: bool = False  # a second direction reading right to left (encoders and classifiers, not LMs)
+    residual: bool = False  # x + layer(x) between stacked layers (where the widths agree)
 
     @property
     def ffn_dim(self) -> int:
         return self.d_ff or 4 * self.n_embd
+
+    @property
+    def recurrent(self) -> bool:
+        return self.arch != "transformer"
+
+    @property
+    def rnn_hidden(self) -> int:
+        return self.hidden_size or self.n_embd
 
     def validate(self) -> None:
         for name in ("block_size", "n_layer", "n_head", "n_embd"):
@@ -89,8 +105,19 @@ class ModelConfig:
         _check(self.position_init in ("random", "sinusoidal"), "model.position_init", "'random' or 'sinusoidal'",
                self.position_init)
         _check(self.activation in ("gelu_tanh", "gelu"), "model.activation", "'gelu_tanh' or 'gelu'", self.activation)
-        _check(self.pooling in POOLINGS + ("",), "model.pooling", "'cls', 'mean', 'last' or '' (the model's own)",
+        _check(self.pooling in POOLINGS + ("",), "model.pooling", "'cls', 'mean', 'last', 'max' or '' (the model's own)",
                self.pooling)
+        _check(self.arch in ARCHS, "model.arch", "'transformer', 'rnn', 'lstm', 'gru' or 'sru'", self.arch)
+        _check(self.hidden_size >= 0, "model.hidden_size", "0 (n_embd) or a positive integer", self.hidden_size)
+        if self.recurrent and self.pooling == "cls":
+            raise ConfigError(f"classify.pooling=cls reads a [CLS] pooler, which a model.arch={self.arch} stack has not: "
+                              "use classify.pooling=last, mean or max")
+        if not self.recurrent and (self.bidirectional or self.residual or self.hidden_size):
+            raise ConfigError("model.bidirectional, model.residual and model.hidden_size are for recurrent stacks "
+                              "(model.arch=rnn, lstm, gru or sru); a Transformer reads both ways with model.causal=false")
+        if self.recurrent and self.encoder_layers:
+            raise ConfigError(f"a model.arch={self.arch} encoder-decoder is not available yet: use model.arch=transformer "
+                              "for seq2seq")
         if self.pooling == "cls" and self.causal:
             raise ConfigError("classify.pooling=cls reads the first token, which a causal (GPT) model cannot let see "
                               "the others: use classify.pooling=last or mean")
@@ -161,14 +188,15 @@ class ClassifyConfig:
     label_column: str = "label"
     labels: list[str] = field(default_factory=list)  # label names in id order; filled from the training data
     padding_side: str = "right"  # GPT runs classify the last real token under either side
-    # the classifier reads "cls" (BERT's pooled [CLS]), "mean" (of the real tokens) or "last" (the last real
-    # token); None: what model.init_from pools by (a sentence-transformers folder says), else cls for BERT and
-    # last for GPT
+    # the classifier reads "cls" (BERT's pooled [CLS]), "mean" or "max" (over the real tokens) or "last" (the last
+    # real token; for a bidirectional recurrent stack also the backward direction at the first); None: what
+    # model.init_from pools by (a sentence-transformers folder says), else cls for BERT and last for GPT and
+    # recurrent stacks
     pooling: str | None = None
 
     def validate(self) -> None:
         _check(self.padding_side in ("left", "right"), "classify.padding_side", "'left' or 'right'", self.padding_side)
-        _check(self.pooling in POOLINGS + (None,), "classify.pooling", "'cls', 'mean' or 'last'", self.pooling)
+        _check(self.pooling in POOLINGS + (None,), "classify.pooling", "'cls', 'mean', 'last' or 'max'", self.pooling)
 
 
 @dataclass

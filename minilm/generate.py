@@ -8,8 +8,9 @@ from dataclasses import dataclass
 
 import torch
 
-from minilm.heads import CausalLM, Seq2Seq
+from minilm.heads import CausalLM, RecurrentLM, Seq2Seq
 from minilm.model import KVCache
+from minilm.recurrent import reorder_state
 
 
 def filter_logits(logits: torch.Tensor, top_k: int | None = None, top_p: float | None = None) -> torch.Tensor:
@@ -46,13 +47,17 @@ class Steps:
     its last block_size tokens (the window slides), or a seq2seq decoder over the encoder output of its
     source, computed once here. With the cache a step feeds only the newest token."""
 
-    def __init__(self, model: CausalLM | Seq2Seq, rows: int, use_cache: bool, source: torch.Tensor | None = None,
+    def __init__(self, model: CausalLM | RecurrentLM | Seq2Seq, rows: int, use_cache: bool, source: torch.Tensor | None = None,
                  source_mask: torch.Tensor | None = None):
         self.model, self.block = model, model.cfg.block_size
         self.seq2seq = isinstance(model, Seq2Seq)
-        stack = model.decoder if self.seq2seq else model.transformer
+        # a recurrent LM's cache is its state: one cell update per token, and no window to slide
+        self.recurrent, self.use_cache, self.state = isinstance(model, RecurrentLM), use_cache, None
+        stack = model.decoder if self.seq2seq else model.rnn if self.recurrent else model.transformer
         weight = stack.tok_emb.weight
-        self.cache = KVCache(model.cfg, rows, self.block, weight.device, weight.dtype) if use_cache else None
+        self.cache = None
+        if use_cache and not self.recurrent:
+            self.cache = KVCache(model.cfg, rows, self.block, weight.device, weight.dtype)
         self.memory = self.mask = None
         if self.seq2seq:  # the encoder runs once per source; a single source serves all `rows` (beams)
             self.memory = model.encode(source, source_mask)  # (B, S, C)
@@ -75,6 +80,12 @@ class Steps:
         return out.logits[:, -1]  # (rows, V)
 
     def __call__(self, seq: torch.Tensor, first: bool) -> torch.Tensor:
+        if self.recurrent:
+            if not self.use_cache:  # read the whole sequence again
+                return self.model(seq, last_only=True).logits[:, -1]
+            out = self.model(seq if first else seq[:, -1:], state=None if first else self.state, last_only=True)
+            self.state = out.state
+            return out.logits[:, -1]  # (rows, V)
         if self.cache is None:
             return self._forward(seq[:, -self.block:], None, self.memory)
         if first or seq.size(1) > self.block:  # fill, or refill once the window slid (positions shift)
@@ -86,10 +97,12 @@ class Steps:
     def reorder(self, rows: torch.Tensor) -> None:
         if self.cache is not None:
             self.cache.reorder(rows)
+        if self.state is not None:
+            self.state = reorder_state(self.state, rows)
 
 
 @torch.inference_mode()  # lighter than no_grad: no version counters or views tracked for autograd
-def generate(model: CausalLM | Seq2Seq, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
+def generate(model: CausalLM | RecurrentLM | Seq2Seq, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
              top_k: int | None = None, top_p: float | None = None, eot: int | None = None,
              use_cache: bool = True, generator: torch.Generator | None = None, source: torch.Tensor | None = None,
              source_mask: torch.Tensor | None = None) -> Iterator[torch.Tensor]:
@@ -123,7 +136,7 @@ class Hypothesis:
 
 
 @torch.inference_mode()
-def beam_search(model: CausalLM | Seq2Seq, prompt: list[int], beams: int, max_new_tokens: int,
+def beam_search(model: CausalLM | RecurrentLM | Seq2Seq, prompt: list[int], beams: int, max_new_tokens: int,
                 eot: int | None = None, length_penalty: float = 1.0, n_best: int = 1, use_cache: bool = True,
                 source: list[int] | None = None) -> list[Hypothesis]:
     """The n_best continuations of `prompt` found by keeping the `beams` most probable partial sequences

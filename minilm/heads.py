@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from minilm.config import ModelConfig
 from minilm.data.batch import IGNORE
 from minilm.model import KVCache, Transformer
+from minilm.recurrent import RecurrentStack, last_states, pool
 
 
 @dataclass
@@ -29,6 +30,7 @@ class TaskOutput:
     metrics: dict[str, Sums] = field(default_factory=dict)  # evaluation only
     predictions: tuple[torch.Tensor, torch.Tensor] | None = None  # evaluation of classifiers: (preds, targets), (B,) each
     aux_logits: torch.Tensor | None = None  # a second head's output (BERT: next-sentence logits)
+    state: list | None = None  # a recurrent stack's final state per layer (it continues the sequence)
 
 
 class CausalLM(nn.Module):
@@ -49,6 +51,38 @@ class CausalLM(nn.Module):
         if labels is None:
             return TaskOutput(logits)
         return lm_loss(logits, labels, self.cfg.label_smoothing, training=self.training)
+
+
+class RecurrentLM(nn.Module):
+    """A character- or token-level LM on a recurrent stack (model.arch): the top states, projected to the
+    embedding width when they are wider or narrower, scored against the tied token embedding. The final state
+    comes back with the logits: fed back with the next tokens, it continues the sequence (one cell update per
+    sampled token)."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.rnn = RecurrentStack(cfg)
+        self.out = nn.Linear(self.rnn.width, cfg.n_embd, bias=False) if self.rnn.width != cfg.n_embd else None
+
+    def forward(self, input_ids: torch.Tensor, labels: torch.Tensor | None = None, state: list | None = None,
+                last_only: bool = False) -> TaskOutput:
+        h, state = self.rnn(input_ids, state=state)  # (B, T, width)
+        if last_only:
+            h = h[:, -1:]  # (B, 1, width)
+        if self.out is not None:
+            h = self.out(h)  # (B, T, n_embd)
+        logits = F.linear(h, self.rnn.tok_emb.weight)  # (B, T, vocab), tied to the embedding
+        if labels is None:
+            return TaskOutput(logits, state=state)
+        out = lm_loss(logits, labels, self.cfg.label_smoothing, training=self.training)
+        out.state = state
+        return out
+
+
+def language_model(cfg: ModelConfig) -> nn.Module:
+    """The causal LM of model.arch: GPT for a Transformer, RecurrentLM for the recurrent family."""
+    return RecurrentLM(cfg) if cfg.recurrent else CausalLM(cfg)
 
 
 def lm_loss(logits: torch.Tensor, labels: torch.Tensor, label_smoothing: float, training: bool,
@@ -72,6 +106,34 @@ def lm_loss(logits: torch.Tensor, labels: torch.Tensor, label_smoothing: float, 
 def encoder_config(cfg: ModelConfig) -> ModelConfig:
     """An encoder-decoder's encoder: model.encoder_layers bidirectional Blocks, otherwise the decoder's settings."""
     return dataclasses.replace(cfg, n_layer=cfg.encoder_layers, causal=False, encoder_layers=0)
+
+
+class RecurrentClassifier(nn.Module):
+    """Sequence classification on a recurrent stack: the last states ("last"; a bidirectional stack adds its
+    backward direction at the first token) or the mean / max over the real tokens -> dropout -> linear."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.pooling = cfg.pooling or "last"
+        self.rnn = RecurrentStack(cfg)
+        self.drop = nn.Dropout(cfg.classifier_dropout)
+        self.head = nn.Linear(self.rnn.width, cfg.num_labels)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                segment_ids: torch.Tensor | None = None, labels: torch.Tensor | None = None) -> TaskOutput:
+        h, _ = self.rnn(input_ids, attention_mask)  # (B, T, width), right padding
+        if self.pooling == "last":
+            pooled = last_states(h, attention_mask, self.cfg.bidirectional)  # (B, width)
+        else:
+            pooled = pool(h, attention_mask, self.pooling)  # (B, width)
+        logits = self.head(self.drop(pooled))  # (B, num_labels)
+        return classification_output(logits, labels, self.training)
+
+
+def classifier(cfg: ModelConfig) -> nn.Module:
+    """The classifier of model.arch."""
+    return RecurrentClassifier(cfg) if cfg.recurrent else Classifier(cfg)
 
 
 class Seq2Seq(nn.Module):
@@ -208,19 +270,23 @@ class Classifier(nn.Module):
         if self.pooling == "last":
             last = input_ids.size(1) - 1 - mask.flip(-1).argmax(-1)  # (B,) index of the last real token
             pooled = h[rows, last]  # (B, C)
-        elif self.pooling == "mean":
-            weights = mask.to(h.dtype)[..., None]  # (B, T, 1)
-            pooled = (h * weights).sum(1) / weights.sum(1).clamp(min=1)  # (B, C)
+        elif self.pooling in ("mean", "max"):
+            pooled = pool(h, mask, self.pooling)  # (B, C)
         else:
             first = mask.argmax(-1)  # (B,) index of [CLS], the first real token
             pooled = self.pooler(h[rows, first][:, None])  # (B, C)
         logits = self.head(self.drop(pooled))  # (B, num_labels)
-        if labels is None:
-            return TaskOutput(logits)
-        per_example = F.cross_entropy(logits.float(), labels, reduction="none")  # (B,)
-        out = TaskOutput(logits, per_example.mean())
-        if not self.training:
-            out.metrics["loss"] = Sums(per_example, torch.ones_like(per_example))
-            out.predictions = (logits.argmax(-1), labels)
-        return out
+        return classification_output(logits, labels, self.training)
+
+
+def classification_output(logits: torch.Tensor, labels: torch.Tensor | None, training: bool) -> TaskOutput:
+    """Cross-entropy over the labels; for evaluation also per-example losses and the predictions."""
+    if labels is None:
+        return TaskOutput(logits)
+    per_example = F.cross_entropy(logits.float(), labels, reduction="none")  # (B,)
+    out = TaskOutput(logits, per_example.mean())
+    if not training:
+        out.metrics["loss"] = Sums(per_example, torch.ones_like(per_example))
+        out.predictions = (logits.argmax(-1), labels)
+    return out
 

@@ -94,7 +94,8 @@ class Attention(nn.Module):
                 k, v = cache.cross[layer]  # (B, nh, S, hs) each: computed at the first step
             else:
                 k, v = (self._heads(t) for t in self.kv(memory).chunk(2, dim=-1))  # (B, nh, S, hs) each
-                if cache is not None:
+                if cache is not None:  # laid out once for attention, not copied at every step
+                    k, v = k.contiguous(), v.contiguous()
                     cache.cross[layer] = (k.expand(q.size(0), -1, -1, -1), v.expand(q.size(0), -1, -1, -1))
                     k, v = cache.cross[layer]  # the beams of one source share one copy
             B, T, C = q.shape

@@ -110,13 +110,19 @@ def run_info(run_dir: str | Path) -> dict[str, str]:
     with torch.device("meta"):  # count without allocating
         n_params = sum(t.numel() for t in build_model(cfg).parameters())
     tok = read_tokenizer(run_dir, m.vocab_size)
-    kind = "GPT (causal)" if m.causal else "BERT (bidirectional)"
+    kind = "a GPT (causal)" if m.causal else "a BERT (bidirectional)"
+    layers, width = f"{m.n_layer} layers", m.n_embd
+    if m.recurrent:
+        way = "bidirectional " if m.bidirectional else ""
+        kind, width = f"a recurrent {way}{m.arch.upper()}", m.rnn_hidden
+    if m.encoder_layers:
+        kind, layers = "an encoder-decoder", f"{m.encoder_layers} + {m.n_layer} layers"
     run = RunDir(run_dir)
     progress = Progress.read(run.state_dir()) if run.has_state() else None
     records = run.metrics.read()
     vals = [r for r in records if r.get("split") == "val"]
     info = {
-        "task": f"{cfg.train.task} on a {kind} stack, {m.n_layer} layers x {m.n_embd} wide, {m.block_size} positions",
+        "task": f"{cfg.train.task} on {kind} stack, {layers} x {width} wide, {m.block_size} positions",
         "parameters": f"{n_params / 1e6:.2f}M",
         "tokenizer": f"{type(tok.model).__name__}, {tok.get_vocab_size():,} tokens",
         "step": f"{progress.step if progress else 0} of {cfg.train.max_steps}",

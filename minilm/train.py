@@ -207,7 +207,7 @@ def load_init(model: torch.nn.Module, state: dict[str, torch.Tensor], source: st
     """Pretrained weights into a (possibly different) task model: the stack must match; new heads start fresh."""
     own = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     check_state(own, state, f"model.init_from={source!r}", "give a run or folder of the same architecture",
-                ignore_missing=lambda name: not name.startswith("transformer."))
+                ignore_missing=lambda name: not name.startswith(("transformer.", "rnn.")))
     model.load_state_dict(state, strict=False)
 
 

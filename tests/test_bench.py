@@ -18,7 +18,7 @@ def test_quick_bench_prints_a_row_per_workload_with_matched_weights(capsys) -> N
     assert main(["--quick", "--repeats", "1", "--warmup", "0", "--steps", "1", "--threads", "1"]) == 0
     table = capsys.readouterr().out
     rows = [line for line in table.splitlines() if line.startswith("| ") and "tok/s" in line]
-    assert [r.split("|")[1].strip() for r in rows] == ["gpt-train", "gpt-sample", "bert-train"]
+    assert [r.split("|")[1].strip() for r in rows] == ["gpt-train", "gpt-sample", "bert-train", "s2s-greedy", "s2s-beam5"]
     for row in rows:
         ratio = row.split("|")[4].strip()
         assert "yes:" in row and ratio.endswith("x") and float(ratio[:-1]) > 0  # losses matched, a measured ratio

@@ -415,9 +415,10 @@ def test_a_new_task_is_one_registry_entry(make_cfg, tmp_path, monkeypatch):
     import dataclasses
 
     from minilm import tasks
+    from minilm.heads import CausalLM
     from minilm.tasks import causal_lm
 
-    class OtherLM(tasks.TASKS["causal_lm"].model):
+    class OtherLM(CausalLM):
         """Stands in for the new task's own model."""
 
     toy = dataclasses.replace(causal_lm.TASK, name="toy_lm", model=OtherLM)

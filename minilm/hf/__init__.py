@@ -52,6 +52,9 @@ def export_hf(run_dir: Path, out_dir: Path) -> None:
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     full = read_config(run_dir)
     cfg = full.model  # refuse what cannot be exported before loading any weights
+    if cfg.recurrent:
+        raise CheckpointError(f"a model.arch={cfg.arch} run has no transformers layout to export to: its weights are "
+                              f"{MODEL_FILE} (safetensors) in {str(run_dir)!r}, read by `minilm` itself")
     check, build = _EXPORTERS[_model_kind(cfg)]
     check(cfg)
     _check_out_dir(out_dir)

@@ -59,6 +59,7 @@ class Task:
     perplexity: bool = False  # report exp(loss): the loss is a mean over tokens
     prepared: bool = False  # pretraining text: prepared token shards (what `minilm prepare` makes ahead) or a stream
     encoder_decoder: bool = False  # the model is an encoder-decoder (model.encoder_layers > 0)
+    recurrent: bool = True  # a recurrent stack (model.arch=rnn, lstm, gru, sru) can be trained for it
 
     def check(self, cfg: Config) -> None:
         """Before any work: the config asks for something this task can do."""
@@ -74,6 +75,12 @@ class Task:
             self.check_model(cfg.model)
 
     def check_model(self, model: ModelConfig) -> None:
+        if model.recurrent and not self.recurrent:
+            raise ConfigError(f"train.task={self.name} needs a Transformer, not model.arch={model.arch}: set "
+                              "model.arch=transformer, or train.task=causal_lm or classify")
+        if model.recurrent and model.bidirectional and self.causal:
+            raise ConfigError(f"train.task={self.name} predicts each token from the ones before it, which a "
+                              "bidirectional stack would see: set model.bidirectional=false")
         if self.encoder_decoder and not model.encoder_layers:
             raise ConfigError(f"train.task={self.name} trains an encoder-decoder: set model.encoder_layers (the "
                               "encoder's depth, e.g. 3)")

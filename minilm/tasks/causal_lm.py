@@ -9,7 +9,7 @@ from tokenizers import Tokenizer
 from minilm.config import Config
 from minilm.data.lm import PackedBlocks, build_lm_datasets, build_streamed_lm_datasets
 from minilm.data.prepared import prepared_files
-from minilm.heads import CausalLM
+from minilm.heads import language_model
 from minilm.tasks.base import Source, Task, TaskData, prepared_text, resolve_model, streamed_text, with_vocab
 
 
@@ -31,5 +31,5 @@ def eval_data(cfg: Config, tok: Tokenizer, files: list[str]) -> tuple[torch.util
         return PackedBlocks(data.stream("train"), cfg.model.block_size), None
 
 
-TASK = Task("causal_lm", CausalLM, prepare, eval_data, metrics=lambda cfg: ("loss", "ppl"), causal=True,
+TASK = Task("causal_lm", language_model, prepare, eval_data, metrics=lambda cfg: ("loss", "ppl"), causal=True,
             perplexity=True, prepared=True)

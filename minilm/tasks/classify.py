@@ -13,7 +13,7 @@ from minilm.data.batch import Shuffled
 from minilm.data.classify import (PadCollator, encode_table, iter_table_texts, label_names, load_table, pad_id,
                                   require_column, train_val_tables)
 from minilm.errors import ConfigError
-from minilm.heads import Classifier
+from minilm.heads import classifier
 from minilm.tasks.base import Source, Task, TaskData, choose_tokenizer, resolve_model, with_vocab
 
 
@@ -35,7 +35,7 @@ def prepare(cfg: Config, tok: Tokenizer | None, source: Source | None) -> TaskDa
     cfg.model.validate()  # a pooling the model cannot do
     state = None
     if source is not None:  # the pretrained stack (and BERT pooler); the source's task heads are dropped
-        keep = ("transformer.", "pooler.") if pooling == "cls" else ("transformer.",)
+        keep = ("transformer.", "rnn.", "pooler.") if pooling == "cls" else ("transformer.", "rnn.")
         state = {k: v for k, v in source.state.items() if k.startswith(keep)}
     train = encode_table(train_tab, tok, cfg, labels, "data.train_files")
     val = encode_table(val_tab, tok, cfg, labels, "data.val_files")
@@ -72,4 +72,4 @@ def metrics(cfg: Config) -> tuple[str, ...]:
     return ("loss", "accuracy", "macro_f1", "f1", "mcc")  # f1: of label id 1, for two labels
 
 
-TASK = Task("classify", Classifier, prepare, eval_data, metrics)
+TASK = Task("classify", classifier, prepare, eval_data, metrics)

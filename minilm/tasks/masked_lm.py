@@ -45,4 +45,4 @@ def metrics(cfg: Config) -> tuple[str, ...]:
     return ("mlm_loss", "mlm_acc", "nsp_acc") if cfg.data.nsp else ("mlm_loss", "mlm_acc")
 
 
-TASK = Task("masked_lm", MaskedLM, prepare, eval_data, metrics, causal=False, prepared=True)
+TASK = Task("masked_lm", MaskedLM, prepare, eval_data, metrics, causal=False, prepared=True, recurrent=False)

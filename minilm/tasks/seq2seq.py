@@ -37,4 +37,4 @@ def eval_data(cfg: Config, tok: Tokenizer, files: list[str]) -> tuple[datasets.D
 
 TASK = Task("seq2seq", Seq2Seq, prepare, eval_data,
             metrics=lambda cfg: ("loss", "ppl", "token_acc", "seq_error", "token_error"), causal=True, perplexity=True,
-            encoder_decoder=True)
+            encoder_decoder=True, recurrent=False)

@@ -1,0 +1,167 @@
+"""Recurrent stacks: token embedding -> n_layer recurrent layers (dropout between, optional residuals) -> states.
+
+The second model family beside the Transformer (model.arch): Elman RNN (tanh), LSTM and GRU on torch's own
+modules, one layer per module so that dropout and residuals sit between layers as configured, and SRU
+(Lei et al. 2018) written here. Read bottom-up: the SRU recurrence, the SRU layer, one layer of any kind,
+the stack. Padding is handled exactly: torch's modules read packed sequences, SRU carries its state through
+padded steps, so a padded row gives what the row alone gives, in both directions.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+from minilm.config import ModelConfig
+
+State = list  # one entry per layer: (h, c) for an LSTM, h for RNN / GRU, c for SRU; each (dirs, B, H)
+
+
+def sru_recurrence(x_tilde: torch.Tensor, f_in: torch.Tensor, r_in: torch.Tensor, highway: torch.Tensor,
+                   v_f: torch.Tensor, v_r: torch.Tensor, c: torch.Tensor, keep: torch.Tensor):
+    """The element-wise part of SRU over time: inputs (T, B, H) each (the projections of all steps, computed
+    before), c (B, H) the state before the first step, keep (T, B, 1): 0 at padding, where the state stays.
+    Returns h (T, B, H) and the last state (B, H). A plain loop: torch.compile of the whole loop measured
+    fastest (bench/recurrent.py) but compiles anew for every sequence length, so it comes only with
+    train.compile=true; TorchScript (deprecated) gained less."""
+    hs = []
+    for t in range(x_tilde.size(0)):
+        f = torch.sigmoid(f_in[t] + v_f * c)
+        r = torch.sigmoid(r_in[t] + v_r * c)
+        new = f * c + (1 - f) * x_tilde[t]
+        c = torch.where(keep[t] > 0, new, c)
+        hs.append(r * c + (1 - r) * highway[t])
+    return torch.stack(hs), c
+
+
+class SRU(nn.Module):
+    """One direction of a Simple Recurrent Unit layer:
+
+        x~_t = W x_t,  f_t = sigmoid(W_f x_t + v_f * c_{t-1} + b_f),  r_t = sigmoid(W_r x_t + v_r * c_{t-1} + b_r)
+        c_t = f_t * c_{t-1} + (1 - f_t) * x~_t,  h_t = r_t * c_t + (1 - r_t) * x_t
+
+    W, W_f, W_r (and, when the input is not as wide as the state, a projection of x for the highway term) are
+    one matrix product over all time steps; only the element-wise recurrence runs step by step.
+    """
+
+    def __init__(self, n_in: int, hidden: int):
+        super().__init__()
+        self.hidden = hidden
+        self.project = n_in != hidden  # the highway term needs x at the state's width
+        self.weight = nn.Linear(n_in, (4 if self.project else 3) * hidden)
+        self.v = nn.Parameter(torch.zeros(2, hidden))  # v_f, v_r
+        nn.init.uniform_(self.v, -0.5, 0.5)
+
+    def forward(self, x: torch.Tensor, c: torch.Tensor | None, keep: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """x (T, B, n_in), c (B, H) or None, keep (T, B, 1) -> h (T, B, H), last state (B, H)."""
+        u = self.weight(x)  # (T, B, 3H or 4H): every step's projections in one matmul
+        parts = u.chunk(4 if self.project else 3, dim=-1)
+        highway = parts[3] if self.project else x
+        if c is None:
+            c = x.new_zeros(x.size(1), self.hidden)
+        return sru_recurrence(parts[0], parts[1], parts[2], highway, self.v[0], self.v[1], c, keep)
+
+
+_TORCH = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}
+
+
+class RecurrentLayer(nn.Module):
+    """One layer of model.arch, one or two directions: (B, T, n_in) -> (B, T, dirs * H)."""
+
+    def __init__(self, arch: str, n_in: int, hidden: int, bidirectional: bool):
+        super().__init__()
+        self.arch, self.dirs = arch, 2 if bidirectional else 1
+        if arch == "sru":
+            self.cells = nn.ModuleList(SRU(n_in, hidden) for _ in range(self.dirs))
+        else:
+            kw = {"nonlinearity": "tanh"} if arch == "rnn" else {}
+            self.rnn = _TORCH[arch](n_in, hidden, batch_first=True, bidirectional=bidirectional, **kw)
+
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor | None, state) -> tuple[torch.Tensor, object]:
+        if self.arch == "sru":
+            return self._sru(x, lengths, state)
+        if lengths is None:
+            return self.rnn(x, state)
+        packed = pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
+        out, state = self.rnn(packed, state)
+        out, _ = pad_packed_sequence(out, batch_first=True, total_length=x.size(1))
+        return out, state  # (B, T, dirs * H), zeros at padding
+
+    def _sru(self, x: torch.Tensor, lengths: torch.Tensor | None, state) -> tuple[torch.Tensor, torch.Tensor]:
+        B, T, _ = x.shape
+        if lengths is None:
+            keep = x.new_ones(T, B, 1)
+        else:
+            keep = (torch.arange(T, device=x.device)[:, None] < lengths.to(x.device)[None]).to(x.dtype)[..., None]
+        xt = x.transpose(0, 1)  # (T, B, n_in): time first for the recurrence
+        outs, last = [], []
+        for d, cell in enumerate(self.cells):
+            if d == 0:
+                h, c = cell(xt, state[0] if state is not None else None, keep)
+            else:  # backward: padding comes first once reversed, and the state carries through it unchanged
+                h, c = cell(xt.flip(0), state[1] if state is not None else None, keep.flip(0))
+                h = h.flip(0)
+            outs.append(h * keep)
+            last.append(c)
+        return torch.cat(outs, -1).transpose(0, 1), torch.stack(last)  # (B, T, dirs * H), (dirs, B, H)
+
+
+class RecurrentStack(nn.Module):
+    """Token embedding -> dropout -> n_layer RecurrentLayers with dropout between them and, with model.residual,
+    x + layer(x) wherever the widths agree. Returns the last layer's states (B, T, dirs * H) and each layer's
+    final state, which continues the sequence when passed back (sampling, truncated BPTT)."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        H, dirs = cfg.rnn_hidden, 2 if cfg.bidirectional else 1
+        self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.n_embd)
+        self.drop = nn.Dropout(cfg.dropout)
+        self.layers = nn.ModuleList(RecurrentLayer(cfg.arch, cfg.n_embd if i == 0 else dirs * H, H, cfg.bidirectional)
+                                    for i in range(cfg.n_layer))
+        nn.init.normal_(self.tok_emb.weight, std=0.02)
+
+    @property
+    def width(self) -> int:
+        return self.cfg.rnn_hidden * (2 if self.cfg.bidirectional else 1)
+
+    def forward(self, idx: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                state: State | None = None) -> tuple[torch.Tensor, State]:
+        """idx (B, T), attention_mask (B, T) with right padding (1 = real token) -> (B, T, width), state."""
+        lengths = None if attention_mask is None or bool(attention_mask.all()) else attention_mask.sum(-1)
+        x = self.drop(self.tok_emb(idx))  # (B, T, n_embd)
+        new_state = []
+        for i, layer in enumerate(self.layers):
+            y, s = layer(x, lengths, state[i] if state is not None else None)
+            y = self.drop(y)
+            x = x + y if self.cfg.residual and y.shape == x.shape else y
+            new_state.append(s)
+        return x, new_state
+
+
+def reorder_state(state: State, rows: torch.Tensor) -> State:
+    """Keep row rows[i] of every layer's state as row i (beam search)."""
+    pick = lambda t: t.index_select(1, rows)  # noqa: E731  (dirs, B, H)
+    return [tuple(pick(t) for t in s) if isinstance(s, tuple) else pick(s) for s in state]
+
+
+def last_states(h: torch.Tensor, attention_mask: torch.Tensor | None, bidirectional: bool) -> torch.Tensor:
+    """A sequence summary from the top layer: the forward direction at the last real token, joined (for a
+    bidirectional stack) by the backward direction at the first token, which has read the whole sequence."""
+    B, T, W = h.shape
+    last = (attention_mask.long().sum(-1) - 1) if attention_mask is not None else torch.full((B,), T - 1)
+    rows = torch.arange(B, device=h.device)
+    if not bidirectional:
+        return h[rows, last.to(h.device)]  # (B, W)
+    half = W // 2
+    return torch.cat([h[rows, last.to(h.device), :half], h[:, 0, half:]], -1)  # (B, W)
+
+
+def pool(h: torch.Tensor, attention_mask: torch.Tensor | None, how: str) -> torch.Tensor:
+    """mean or max over the real tokens, (B, T, W) -> (B, W)."""
+    mask = (attention_mask if attention_mask is not None else h.new_ones(h.shape[:2])).to(h.dtype)[..., None]
+    if how == "max":
+        return h.masked_fill(mask == 0, float("-inf")).amax(1)
+    return (h * mask).sum(1) / mask.sum(1).clamp(min=1)
+

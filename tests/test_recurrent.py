@@ -1,0 +1,216 @@
+"""Recurrent stacks (model.arch = rnn / lstm / gru / sru): each cell against its equations, torch's weight layout,
+exact padding, bidirectional reading, state-cached sampling, the LM and classifier tasks, and the refusals."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import read_metrics, tiny_overrides, write_run
+
+from minilm import hf
+from minilm.config import ModelConfig, config_from_dict, load_config
+from minilm.errors import CheckpointError, ConfigError
+from minilm.generate import beam_search, generate
+from minilm.heads import RecurrentLM
+from minilm.recurrent import SRU, RecurrentStack
+from minilm.run import RunDir
+from minilm.tokenizer import train_char
+from minilm.train import train
+
+ARCHS = ["rnn", "lstm", "gru", "sru"]
+
+
+def _cfg(arch: str, **extra) -> ModelConfig:
+    cfg = ModelConfig(arch=arch, vocab_size=11, n_layer=2, n_embd=8, hidden_size=6, **extra)
+    cfg.validate()
+    return cfg
+
+
+# ---------------------------------------------------------------------------------------------
+# the cells against their equations
+
+
+def _lstm_ref(x, w_ih, w_hh, b_ih, b_hh, H):
+    h, c, out = torch.zeros(x.size(0), H), torch.zeros(x.size(0), H), []
+    for t in range(x.size(1)):
+        i, f, g, o = (x[:, t] @ w_ih.T + b_ih + h @ w_hh.T + b_hh).split(H, -1)
+        c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+        h = torch.sigmoid(o) * torch.tanh(c)
+        out.append(h)
+    return torch.stack(out, 1)
+
+
+def _gru_ref(x, w_ih, w_hh, b_ih, b_hh, H):
+    h, out = torch.zeros(x.size(0), H), []
+    for t in range(x.size(1)):
+        xr, xz, xn = (x[:, t] @ w_ih.T + b_ih).split(H, -1)
+        hr, hz, hn = (h @ w_hh.T + b_hh).split(H, -1)
+        r, z = torch.sigmoid(xr + hr), torch.sigmoid(xz + hz)
+        h = (1 - z) * torch.tanh(xn + r * hn) + z * h
+        out.append(h)
+    return torch.stack(out, 1)
+
+
+def _rnn_ref(x, w_ih, w_hh, b_ih, b_hh, H):
+    h, out = torch.zeros(x.size(0), H), []
+    for t in range(x.size(1)):
+        h = torch.tanh(x[:, t] @ w_ih.T + b_ih + h @ w_hh.T + b_hh)
+        out.append(h)
+    return torch.stack(out, 1)
+
+
+@pytest.mark.parametrize("arch,ref", [("lstm", _lstm_ref), ("gru", _gru_ref), ("rnn", _rnn_ref)])
+def test_torch_cells_match_their_equations_and_torch_layout(arch, ref):
+    torch.manual_seed(0)
+    stack = RecurrentStack(_cfg(arch)).eval()
+    x = torch.randn(3, 5, 8)
+    layer = stack.layers[0].rnn
+    with torch.no_grad():
+        ours, _ = stack.layers[0](x, None, None)
+        want = ref(x, layer.weight_ih_l0, layer.weight_hh_l0, layer.bias_ih_l0, layer.bias_hh_l0, 6)
+    assert torch.allclose(ours, want, atol=1e-5)
+    # our two one-layer modules are torch's two-layer module with the same weights (dropout 0)
+    deep = {"rnn": torch.nn.RNN, "lstm": torch.nn.LSTM, "gru": torch.nn.GRU}[arch](8, 6, num_layers=2, batch_first=True)
+    with torch.no_grad():
+        for i in range(2):
+            for name, p in stack.layers[i].rnn.named_parameters():
+                getattr(deep, name.replace("_l0", f"_l{i}")).copy_(p)
+        ids = torch.randint(0, 11, (3, 5))
+        ours, _ = stack(ids)
+        theirs, _ = deep(stack.tok_emb(ids))
+    assert torch.allclose(ours, theirs, atol=1e-6)
+
+
+def test_sru_matches_its_equations():
+    torch.manual_seed(0)
+    for n_in in (6, 8):  # the highway term reads x directly, or through a projection when the widths differ
+        cell = SRU(n_in, 6)
+        x = torch.randn(5, 2, n_in)  # (T, B, n_in)
+        with torch.no_grad():
+            h, c_last = cell(x, None, torch.ones(5, 2, 1))
+            u = cell.weight(x)
+            parts = u.split(6, -1)
+            c, want = torch.zeros(2, 6), []
+            for t in range(5):
+                f = torch.sigmoid(parts[1][t] + cell.v[0] * c)
+                r = torch.sigmoid(parts[2][t] + cell.v[1] * c)
+                c = f * c + (1 - f) * parts[0][t]
+                highway = parts[3][t] if n_in != 6 else x[t]
+                want.append(r * c + (1 - r) * highway)
+        assert torch.allclose(h, torch.stack(want), atol=1e-6) and torch.allclose(c_last, c, atol=1e-6)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_padding_is_exact_and_bidirectional_stacks_see_the_future(arch):
+    torch.manual_seed(0)
+    uni, bi = RecurrentStack(_cfg(arch)).eval(), RecurrentStack(_cfg(arch, bidirectional=True)).eval()
+    ids = torch.randint(1, 11, (2, 7))
+    mask = torch.ones(2, 7, dtype=torch.long)
+    mask[1, 4:] = 0
+    later = ids.clone()
+    later[:, 3] = (ids[:, 3] % 10) + 1  # a different token at position 3
+    with torch.no_grad():
+        for stack in (uni, bi):
+            full, _ = stack(ids, mask)
+            alone, _ = stack(ids[1:, :4])
+            assert torch.allclose(full[1, :4], alone[0], atol=1e-5)  # padding changes nothing, in both directions
+            assert full[1, 4:].abs().max() == 0
+        u0, b0 = uni(ids)[0][:, 0], bi(ids)[0][:, 0]
+        u1, b1 = uni(later)[0][:, 0], bi(later)[0][:, 0]
+    assert torch.equal(u0, u1)  # left to right: position 0 cannot know position 3
+    assert not torch.allclose(b0, b1)  # the backward direction has read it
+
+
+# ---------------------------------------------------------------------------------------------
+# sampling with the state as the cache
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_state_cached_sampling_equals_reading_the_whole_prefix(arch):
+    torch.manual_seed(0)
+    model = RecurrentLM(_cfg(arch, residual=True)).eval()
+    with torch.no_grad():
+        model.rnn.tok_emb.weight.mul_(50)  # sharp distributions: any difference would show
+    prompt = torch.randint(0, 11, (2, 4))
+    runs = [torch.stack(list(generate(model, prompt, 80, 1.0, generator=torch.Generator().manual_seed(1),
+                                      use_cache=c)), 1) for c in (True, False)]
+    assert torch.equal(*runs)  # 84 tokens: past block_size (256 is not involved: a recurrent LM has no window)
+    greedy = torch.stack(list(generate(model, prompt[:1], 6, 0.0)), 1)[0].tolist()
+    assert beam_search(model, prompt[0].tolist(), 1, 6)[0].tokens == greedy
+    wide = [beam_search(model, prompt[0].tolist(), 4, 6, n_best=3, use_cache=c) for c in (True, False)]
+    assert [h.tokens for h in wide[0]] == [h.tokens for h in wide[1]]
+
+
+# ---------------------------------------------------------------------------------------------
+# the tasks
+
+
+def test_lstm_language_model_trains_samples_and_resumes_exactly(shakespeare_file, tmp_path, monkeypatch):
+    extra = ("model.arch=lstm", "model.n_layer=2", "model.hidden_size=48", "model.dropout=0.1",
+             "train.max_steps=12", "train.eval_interval=4", "log.log_interval=1")
+    train(load_config(None, tiny_overrides(shakespeare_file, tmp_path / "a", *extra)))
+    losses = [r["loss"] for r in read_metrics(tmp_path / "a") if r["split"] == "train"]
+    assert losses[-1] < losses[0]
+
+    class Stop(Exception):
+        pass
+
+    real_save = RunDir.save
+
+    def save_then_stop(self, accelerator, model, progress, *args, **kwargs):
+        real_save(self, accelerator, model, progress, *args, **kwargs)
+        if progress.step == 8:
+            raise Stop
+
+    monkeypatch.setattr(RunDir, "save", save_then_stop)
+    with pytest.raises(Stop):
+        train(load_config(None, tiny_overrides(shakespeare_file, tmp_path / "b", *extra)))
+    monkeypatch.setattr(RunDir, "save", real_save)
+    train(load_config(None, tiny_overrides(shakespeare_file, tmp_path / "b", *extra, "train.resume=true")))
+    strip = lambda rs: [{k: v for k, v in r.items() if k != "tokens_per_s"} for r in rs]  # noqa: E731
+    assert strip(read_metrics(tmp_path / "a")) == strip(read_metrics(tmp_path / "b"))
+    with pytest.raises(CheckpointError, match="no transformers layout"):
+        hf.export_hf(tmp_path / "a", tmp_path / "hf")
+
+
+@pytest.mark.parametrize("pooling", ["last", "mean", "max"])
+def test_bidirectional_classifier_trains(tmp_path, pooling):
+    rows = ["text\tlabel"] + [f"{w} {w} good\tpos" for w in "abcdefgh"] + [f"{w} bad {w}\tneg" for w in "abcdefgh"]
+    table = tmp_path / "t.tsv"
+    table.write_text("\n".join(rows) + "\n", encoding="utf-8")
+    cfg = config_from_dict({"model": {"arch": "gru", "n_layer": 1, "n_embd": 16, "bidirectional": True},
+                            "data": {"train_files": [str(table)], "val_files": [str(table)]},
+                            "classify": {"pooling": pooling},
+                            "train": {"task": "classify", "out_dir": str(tmp_path / "run"), "max_steps": 30,
+                                      "batch_size": 8, "lr": 1e-2, "warmup_steps": 0, "eval_interval": 30}})
+    metrics = train(cfg)
+    assert metrics["val_accuracy"] == 1.0
+
+
+def test_recurrent_refusals(tmp_path):
+    with pytest.raises(ConfigError, match="model.bidirectional=false"):
+        train(config_from_dict({"model": {"arch": "lstm", "bidirectional": True}, "data": {"train_files": ["x.txt"]},
+                                "train": {"task": "causal_lm", "out_dir": str(tmp_path / "r")}}))
+    with pytest.raises(ConfigError, match="needs a Transformer"):
+        train(config_from_dict({"model": {"arch": "lstm", "causal": False}, "tokenizer": {"kind": "wordpiece"},
+                                "data": {"train_files": ["x.txt"]}, "train": {"task": "masked_lm",
+                                                                            "out_dir": str(tmp_path / "r")}}))
+    with pytest.raises(ConfigError, match="classify.pooling=cls"):
+        ModelConfig(arch="gru", pooling="cls").validate()
+    with pytest.raises(ConfigError, match="model.arch"):
+        ModelConfig(arch="transformers").validate()
+    with pytest.raises(ConfigError, match="recurrent stacks"):
+        ModelConfig(bidirectional=True).validate()
+    assert not (tmp_path / "r").exists()
+
+
+def test_recurrent_run_samples_from_the_cli(tmp_path, capsys):
+    from minilm.cli import main
+
+    tok = train_char(["hello world"])
+    cfg = config_from_dict({"model": {"arch": "sru", "n_layer": 1, "n_embd": 16, "vocab_size": tok.get_vocab_size()},
+                            "data": {"train_files": ["x.txt"]}})
+    run = write_run(tmp_path / "sru", cfg, RecurrentLM(cfg.model), tok)
+    assert main(["sample", str(run), "--prompt", "hel", "--max-new-tokens", "5", "--greedy"]) == 0
+    assert capsys.readouterr().out.startswith("hel")
+    assert main(["sample", str(run), "--prompt", "hel", "--max-new-tokens", "5", "--beams", "2"]) == 0
