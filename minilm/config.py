@@ -252,6 +252,10 @@ class TrainConfig:
     best_metric: str | None = None  # e.g. "val_accuracy" or "val_loss": model.safetensors keeps the best evaluation
     early_stopping: int = 0  # stop after this many evaluations without improving best_metric (0: never)
     threads: int = 0  # torch CPU threads; 0 leaves torch's default
+    # truncated backpropagation through time, for recurrent LMs: the training stream is cut into batch_size
+    # contiguous lanes per process, walked in order, and each block starts from the state (detached) the
+    # previous block ended with; false: independent blocks in a seeded order, each from a zero state
+    tbptt: bool = False
 
     def validate(self) -> None:
         for name in ("batch_size", "grad_accum", "max_steps", "eval_interval"):
@@ -307,6 +311,9 @@ class Config:
         if self.data.streaming and self.train.epochs:
             raise ConfigError("train.epochs needs the data's length, which a stream does not have: set train.max_steps "
                               "instead, or data.streaming=false")
+        if self.train.tbptt and not (self.model.recurrent and self.train.task == "causal_lm" and not self.data.streaming):
+            raise ConfigError("train.tbptt carries a recurrent LM's state from block to block: it needs "
+                              "train.task=causal_lm, a recurrent model.arch (rnn, lstm, gru or sru) and data.streaming=false")
         if self.model.causal and self.model.type_vocab_size:
             raise ConfigError("model.type_vocab_size is for bidirectional (BERT) models: set it to 0 or model.causal=false")
 

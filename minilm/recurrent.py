@@ -146,6 +146,32 @@ def reorder_state(state: State, rows: torch.Tensor) -> State:
     return [tuple(pick(t) for t in s) if isinstance(s, tuple) else pick(s) for s in state]
 
 
+def detach_state(state: State) -> State:
+    """The state without its history (truncated BPTT: gradients stop at the block boundary)."""
+    return [tuple(t.detach() for t in s) if isinstance(s, tuple) else s.detach() for s in state]
+
+
+def state_tensors(state: State | None) -> dict[str, torch.Tensor]:
+    """A state as named tensors ("layer.part"), for a checkpoint; None (no state yet) is an empty dict."""
+    out = {}
+    for i, s in enumerate(state or []):
+        for j, t in enumerate(s if isinstance(s, tuple) else (s,)):
+            out[f"{i}.{j}"] = t.detach().cpu().contiguous()
+    return out
+
+
+def state_from_tensors(tensors: dict[str, torch.Tensor], device: torch.device) -> State | None:
+    """The inverse of state_tensors: an LSTM layer's two parts become (h, c) again."""
+    if not tensors:
+        return None
+    layers: dict[int, list[tuple[int, torch.Tensor]]] = {}
+    for name, t in tensors.items():
+        i, j = map(int, name.split("."))
+        layers.setdefault(i, []).append((j, t.to(device)))
+    parts = [[t for _, t in sorted(layers[i])] for i in sorted(layers)]
+    return [tuple(p) if len(p) > 1 else p[0] for p in parts]
+
+
 def last_states(h: torch.Tensor, attention_mask: torch.Tensor | None, bidirectional: bool) -> torch.Tensor:
     """A sequence summary from the top layer: the forward direction at the last real token, joined (for a
     bidirectional stack) by the backward direction at the first token, which has read the whole sequence."""

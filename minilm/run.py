@@ -4,7 +4,8 @@
     RUN_DIR/tokenizer.json     the tokenizer
     RUN_DIR/model.safetensors  the weights (the latest, or with train.best_metric the best evaluation)
     RUN_DIR/state/             accelerate.save_state (weights, optimizer, RNG states) + progress.json (+ with
-                               data.streaming, stream-position-{rank}.json: where each process's stream stands)
+                               data.streaming, stream-position-{rank}.json: where each process's stream stands;
+                               with train.tbptt, carried-state-{rank}.safetensors: each process's recurrent state)
     RUN_DIR/metrics.jsonl      one JSON record per log line and evaluation
 
 Files are written through runfiles (temporary name, fsync, rename) and `state/` is swapped in as a whole, so a
@@ -247,9 +248,10 @@ class RunDir:
         return progress
 
     def save(self, accelerator: Accelerator, model: torch.nn.Module, progress: Progress, weights: bool = True,
-             position: dict | None = None) -> None:
+             position: dict | None = None, carry: dict[str, torch.Tensor] | None = None) -> None:
         """Weights for sample/export (the latest, or the best so far) plus the full training state, each swapped
-        in atomically. Every process takes part; each saves its stream `position` when the text is streamed."""
+        in atomically. Every process takes part; each saves its stream `position` when the text is streamed,
+        and its carried recurrent state (`carry`, train.tbptt)."""
         accelerator.wait_for_everyone()
         tmp = self.path / f"{STATE_DIR}.tmp"
         try:
@@ -261,6 +263,9 @@ class RunDir:
                 tmp.mkdir(parents=True, exist_ok=True)
                 runfiles.write_json(tmp / _position_file(accelerator.process_index),
                                     {"processes": accelerator.num_processes, "position": position})
+            if carry is not None:
+                tmp.mkdir(parents=True, exist_ok=True)
+                runfiles.save_weights(carry, tmp / _carry_file(accelerator.process_index))
             full = accelerator.get_state_dict(model) if weights else None  # under FSDP this gathers the shards
             accelerator.wait_for_everyone()  # every process's files are written before the swap
             if accelerator.is_main_process:
@@ -292,6 +297,15 @@ class RunDir:
                                   f"{accelerator.num_processes}: resume it on {saved.get('processes')}")
         return saved["position"]
 
+    def carried_state(self, accelerator: Accelerator) -> dict[str, torch.Tensor]:
+        """This process's recurrent state at the checkpoint (train.tbptt)."""
+        path = self.state_dir() / _carry_file(accelerator.process_index)
+        if not path.is_file():
+            raise CheckpointError(f"{str(self.path)!r} holds no carried state for process {accelerator.process_index}: "
+                                  "it was not trained with train.tbptt=true on this many processes; resume with the "
+                                  "settings and processes it was started with")
+        return runfiles.read_safetensors(path)
+
     def discard_if_new(self) -> None:
         """A new run that failed before its first checkpoint leaves nothing behind."""
         if self.new:
@@ -305,6 +319,10 @@ _EARLY_FILES = {CONFIG_FILE, TOKENIZER_FILE, METRICS_FILE, f"{STATE_DIR}.tmp", f
 
 def _position_file(rank: int) -> str:
     return f"stream-position-{rank}.json"
+
+
+def _carry_file(rank: int) -> str:
+    return f"carried-state-{rank}.safetensors"
 
 
 def swap_in_state(run_dir: Path, tmp: Path, progress: Progress) -> None:

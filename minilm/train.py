@@ -24,12 +24,14 @@ from tqdm.auto import tqdm
 from minilm.config import Config, TrainConfig
 from minilm.data.streaming import StreamedBlocks, with_positions
 from minilm.errors import ConfigError, Stopped, TrainingError
+from minilm.data.lm import ContiguousLanes
 from minilm.data.seq2seq import References
 from minilm.evaluation import Evaluation, decoded_metrics, evaluate
 from minilm.hf import load_pretrained
 from minilm.metrics import format_confusion
 from minilm.model import count_params
 from minilm.optim import lr_at, make_optimizer, skip_step_if
+from minilm.recurrent import detach_state, state_from_tensors, state_tensors
 from minilm.report import device_peak_flops, flat_config, peak_memory_mb, plot_losses, trackers, training_flops
 from minilm.run import Progress, RunDir
 from minilm.stopping import StopSignals
@@ -138,6 +140,8 @@ class Session:
     guard: bool  # skip steps with a non-finite loss or gradient here (fp16's GradScaler does it itself)
     streamed: bool  # the training text is streamed (data.streaming): batches carry their stream position
     references: References | None  # seq2seq: validation sources and targets, for the decoded metrics
+    tbptt: bool = False  # train.tbptt: each batch continues the lanes of the last, from its final state
+    carry: list | None = None  # that state (detached), None at the start of an epoch
     position: dict | None = None  # where this process's stream stands after the last batch trained on
     started: float = dataclasses.field(default_factory=time.perf_counter)  # this session's start
 
@@ -180,16 +184,18 @@ def set_up(cfg: Config, task: Task, run: RunDir, accelerator: Accelerator) -> Se
         load_init(model, data.init_state, cfg.model.init_from)
     train_loader, val_loader = make_loaders(data)
     optimizer = make_optimizer(model, tc)
-    streamed = isinstance(data.train, StreamedBlocks)
+    streamed, lanes = isinstance(data.train, StreamedBlocks), isinstance(data.train, ContiguousLanes)
     model, optimizer, val_loader = accelerator.prepare(model, optimizer, val_loader)
-    if not streamed:  # a stream is split between the processes already, and its batches carry their position
+    if not (streamed or lanes):  # a stream or the TBPTT lanes are split between the processes already
         train_loader = accelerator.prepare(train_loader)
+    if not streamed:
         # this process's share of the data: with N processes an epoch is 1/N of the batches per process
         cfg = dataclasses.replace(data.cfg, train=with_epochs(tc, len(train_loader)))
     run.metrics.enabled = main
     progress = run.load_state(accelerator) if tc.resume else Progress()
     if streamed and tc.resume:
         data.train.position = run.stream_position(accelerator)
+    carry = state_from_tensors(run.carried_state(accelerator), accelerator.device) if lanes and tc.resume else None
     if trackers(cfg):
         accelerator.init_trackers(cfg.log.project, config=flat_config(cfg), init_kwargs={
             "wandb": {"mode": cfg.log.wandb, "name": cfg.log.run_name, "dir": str(run.path)}})
@@ -200,7 +206,8 @@ def set_up(cfg: Config, task: Task, run: RunDir, accelerator: Accelerator) -> Se
                       f"{accelerator.num_processes} process(es) on {accelerator.device}")
     return Session(cfg, task, run, accelerator, model, optimizer, train_loader, val_loader, progress,
                    Meter.on(accelerator.device, progress.skipped), n_params, device_peak_flops(),
-                   guard=accelerator.scaler is None, streamed=streamed, references=data.references)
+                   guard=accelerator.scaler is None, streamed=streamed, references=data.references, tbptt=lanes,
+                   carry=carry)
 
 
 def load_init(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str | None) -> None:
@@ -247,8 +254,15 @@ def batches(s: Session) -> Iterator[dict[str, torch.Tensor]]:
         return
     epoch, skip = divmod(s.progress.micro_batches, len(s.train_loader))
     while True:
-        s.train_loader.set_epoch(epoch)  # accelerate passes it on to the dataset (and to skip loaders)
-        yield from s.accelerator.skip_first_batches(s.train_loader, skip) if skip else s.train_loader
+        if hasattr(s.train_loader, "set_epoch"):  # accelerate's: passes it on to the dataset (and to skip loaders)
+            s.train_loader.set_epoch(epoch)
+        else:  # the TBPTT lanes' own loader
+            s.train_loader.dataset.set_epoch(epoch)
+        if s.tbptt and not skip:
+            s.carry = None  # the lanes start again: so does the state
+        loader = s.accelerator.skip_first_batches(s.train_loader, skip) if skip else s.train_loader
+        for batch in loader:
+            yield send_to_device(batch, s.accelerator.device) if s.tbptt else batch  # lanes are not prepared
         epoch, skip = epoch + 1, 0
 
 
@@ -257,7 +271,9 @@ def train_step(s: Session, batch: dict[str, torch.Tensor]) -> bool:
     (unless the loss or gradient is not finite). True when an optimizer step was taken."""
     acc, tc = s.accelerator, s.cfg.train
     with acc.accumulate(s.model):
-        out = s.model(**batch)
+        out = s.model(**batch, state=s.carry) if s.tbptt else s.model(**batch)
+        if s.tbptt:
+            s.carry = detach_state(out.state)  # the next batch continues from here; gradients stop here
         acc.backward(out.loss)
         if acc.sync_gradients:
             for group in s.optimizer.param_groups:
@@ -349,7 +365,8 @@ def checkpoint(s: Session, weights: bool) -> None:
     p.epoch = s.position["epoch"] if s.streamed else p.micro_batches // len(s.train_loader)
     now = time.perf_counter()
     p.seconds, s.started = p.seconds + now - s.started, now
-    s.run.save(s.accelerator, s.model, p, weights=weights, position=s.position)
+    s.run.save(s.accelerator, s.model, p, weights=weights, position=s.position,
+               carry=state_tensors(s.carry) if s.tbptt else None)
 
 
 def stop_on_signal(s: Session, signals: StopSignals, saved: bool) -> None:

@@ -214,3 +214,54 @@ def test_recurrent_run_samples_from_the_cli(tmp_path, capsys):
     assert main(["sample", str(run), "--prompt", "hel", "--max-new-tokens", "5", "--greedy"]) == 0
     assert capsys.readouterr().out.startswith("hel")
     assert main(["sample", str(run), "--prompt", "hel", "--max-new-tokens", "5", "--beams", "2"]) == 0
+
+
+# ---------------------------------------------------------------------------------------------
+# truncated backpropagation through time
+
+
+def test_tbptt_lanes_continue_from_batch_to_batch():
+    import numpy as np
+
+    from minilm.data.lm import ContiguousLanes
+    from minilm.data.prepared import TokenStream
+
+    tokens = TokenStream([np.arange(1000, dtype=np.uint16)])
+    lanes = [ContiguousLanes(tokens, 8, lanes=3, rank=r, processes=2) for r in range(2)]
+    assert lanes[0].lane_len == 166 and len(lanes[0]) == 20 * 3  # 1000 tokens / 6 lanes; (166 - 1) // 8 steps
+    for data in lanes:
+        for i in range(len(data) - data.lanes):
+            now, nxt = data[i], data[i + data.lanes]  # the same lane in the next batch
+            assert int(nxt["input_ids"][0]) == int(now["input_ids"][-1]) + 1
+    starts = {int(d[lane]["input_ids"][0]) for d in lanes for lane in range(3)}
+    assert starts == {0, 166, 332, 498, 664, 830}  # six lanes, each read by exactly one process
+
+
+def test_tbptt_resumes_exactly_after_sigkill(tmp_path):
+    from bench.crash import kill_and_resume
+    from conftest import SHAKESPEARE
+
+    report = kill_and_resume(tmp_path, trials=2, steps=30, save_every=2, seed=2, data=SHAKESPEARE,
+                             extra=("model.arch=gru", "model.n_layer=2", "train.tbptt=true", "model.dropout=0.1"))
+    assert len(report.kills) == 2, report
+    assert report.steps_equal and report.weights_equal, report
+
+
+def test_tbptt_carries_the_state(shakespeare_file, tmp_path, monkeypatch):
+    """Every block after a lane's first starts from the state the previous one ended with."""
+    from minilm import train as loop
+
+    extra = ("model.arch=lstm", "model.n_layer=1", "train.max_steps=3", "train.eval_interval=3",
+             "log.log_interval=1", "train.tbptt=true")
+    seen = []
+    real = loop.train_step
+
+    def spy(s, batch):
+        seen.append(s.carry is not None)
+        return real(s, batch)
+
+    monkeypatch.setattr(loop, "train_step", spy)
+    train(load_config(None, tiny_overrides(shakespeare_file, tmp_path / "a", *extra)))
+    assert seen == [False, True, True]  # a zero state only for the first block of each lane
+    with pytest.raises(ConfigError, match="train.tbptt"):
+        load_config(None, tiny_overrides(shakespeare_file, tmp_path / "b", "train.tbptt=true"))

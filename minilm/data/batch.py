@@ -42,3 +42,9 @@ def pad_examples(examples: list[dict], pad_id: int, left: bool = False) -> dict[
     if "segment_ids" in examples[0]:
         batch["segment_ids"] = seg
     return batch
+
+
+def this_process() -> tuple[int, int]:
+    """(rank, number of processes) of the distributed run, or (0, 1)."""
+    dist = torch.distributed.is_available() and torch.distributed.is_initialized()
+    return (torch.distributed.get_rank(), torch.distributed.get_world_size()) if dist else (0, 1)

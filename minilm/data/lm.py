@@ -49,6 +49,34 @@ class PackedBlocks(torch.utils.data.Dataset):
         return lm_example(self.tokens[start : start + self.block_size + 1])
 
 
+class ContiguousLanes(torch.utils.data.Dataset):
+    """Truncated BPTT order: the stream cut into `lanes * processes` contiguous lanes; this process reads lanes
+    rank * lanes ... (rank + 1) * lanes - 1, item i being block i // lanes of lane i % lanes, so that batches of
+    `lanes` items in order continue each lane where the previous batch stopped. Every epoch walks them again
+    from the start."""
+
+    def __init__(self, tokens: TokenStream, block_size: int, lanes: int, rank: int = 0, processes: int = 1):
+        self.tokens, self.block_size, self.lanes = tokens, block_size, lanes
+        self.lane_len = len(tokens) // (lanes * processes)
+        self.steps = (self.lane_len - 1) // block_size
+        if self.steps < 1:
+            raise DataError(f"the text has {len(tokens)} tokens, too few for {lanes * processes} lanes of at least "
+                            f"{block_size + 1} (train.tbptt): use more data, or a smaller train.batch_size or "
+                            "model.block_size")
+        self.first_lane = rank * lanes
+
+    def set_epoch(self, epoch: int) -> None:
+        pass  # the same walk every epoch
+
+    def __len__(self) -> int:
+        return self.steps * self.lanes
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        step, lane = divmod(i, self.lanes)
+        start = (self.first_lane + lane) * self.lane_len + step * self.block_size
+        return lm_example(self.tokens[start : start + self.block_size + 1])
+
+
 def lm_example(chunk: np.ndarray) -> dict[str, torch.Tensor]:
     """block_size + 1 tokens -> the inputs and their next tokens."""
     chunk = torch.from_numpy(chunk.astype(np.int64))
@@ -67,9 +95,13 @@ def split_stream(cfg: Config, data: Prepared) -> tuple[TokenStream, TokenStream]
     return train, val.head(cfg.data.val_tokens)
 
 
-def build_lm_datasets(cfg: Config, data: Prepared) -> tuple[PackedBlocks, PackedBlocks]:
+def build_lm_datasets(cfg: Config, data: Prepared,
+                      process: tuple[int, int] = (0, 1)) -> tuple[PackedBlocks | ContiguousLanes, PackedBlocks]:
+    """Shuffled blocks, or with train.tbptt this process's contiguous lanes (process = (rank, processes))."""
     train, val = split_stream(cfg, data)
     bs = cfg.model.block_size
+    if cfg.train.tbptt:
+        return ContiguousLanes(train, bs, cfg.train.batch_size, *process), PackedBlocks(val, bs)
     return PackedBlocks(train, bs, shuffle=True, seed=cfg.train.seed), PackedBlocks(val, bs)
 
 

@@ -24,6 +24,7 @@ from tokenizers import Tokenizer
 
 from minilm.config import Config
 from minilm.data import prepared
+from minilm.data.batch import this_process
 from minilm.data.pieces import list_sources, pieces
 from minilm.errors import DataError
 from minilm.tokenizer import encode_texts, eot_id
@@ -148,10 +149,7 @@ def open_stream(cfg: Config, tok: Tokenizer, process: tuple[int, int] | None = N
     val, held = _head(tok, sources.get("val", sources["train"]), column, cfg.data.val_tokens)
     if "val" in sources:
         held = {}  # validation has its own files: training reads all of its own
-    if process is None:
-        dist = torch.distributed.is_available() and torch.distributed.is_initialized()
-        process = (torch.distributed.get_rank(), torch.distributed.get_world_size()) if dist else (0, 1)
-    rank, world = process
+    rank, world = process or this_process()
 
     def rows() -> datasets.IterableDataset:
         ds = datasets.IterableDataset.from_generator(

@@ -7,6 +7,7 @@ import torch
 from tokenizers import Tokenizer
 
 from minilm.config import Config
+from minilm.data.batch import this_process
 from minilm.data.lm import PackedBlocks, build_lm_datasets, build_streamed_lm_datasets
 from minilm.data.prepared import prepared_files
 from minilm.heads import language_model
@@ -22,7 +23,7 @@ def prepare(cfg: Config, tok: Tokenizer | None, source: Source | None) -> TaskDa
     else:
         data = prepared_text(cfg, tok, source)
         cfg = with_vocab(cfg, model, data.tokenizer)
-        train, val = build_lm_datasets(cfg, data)
+        train, val = build_lm_datasets(cfg, data, this_process())
     return TaskData(cfg, data.tokenizer, train, val, init_state=source.state if source else None)
 
 
