@@ -71,6 +71,9 @@ class ModelConfig:
     hidden_size: int = 0  # the state's width; 0: n_embd
     bidirectional: bool = False  # a second direction reading right to left (encoders and classifiers, not LMs)
     residual: bool = False  # x + layer(x) between stacked layers (where the widths agree)
+    # a recurrent encoder-decoder's attention score between a decoder state and the encoder states: "dot"
+    # (Luong's general score, h W e) or "additive" (Bahdanau's, v . tanh(W h + U e))
+    attention: str = "dot"
 
     @property
     def ffn_dim(self) -> int:
@@ -115,9 +118,7 @@ class ModelConfig:
         if not self.recurrent and (self.bidirectional or self.residual or self.hidden_size):
             raise ConfigError("model.bidirectional, model.residual and model.hidden_size are for recurrent stacks "
                               "(model.arch=rnn, lstm, gru or sru); a Transformer reads both ways with model.causal=false")
-        if self.recurrent and self.encoder_layers:
-            raise ConfigError(f"a model.arch={self.arch} encoder-decoder is not available yet: use model.arch=transformer "
-                              "for seq2seq")
+        _check(self.attention in ("dot", "additive"), "model.attention", "'dot' or 'additive'", self.attention)
         if self.pooling == "cls" and self.causal:
             raise ConfigError("classify.pooling=cls reads the first token, which a causal (GPT) model cannot let see "
                               "the others: use classify.pooling=last or mean")

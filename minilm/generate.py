@@ -8,9 +8,11 @@ from dataclasses import dataclass
 
 import torch
 
-from minilm.heads import CausalLM, RecurrentLM, Seq2Seq
+from minilm.heads import CausalLM, RecurrentLM, RecurrentSeq2Seq, Seq2Seq
 from minilm.model import KVCache
 from minilm.recurrent import reorder_state
+
+Decodable = CausalLM | RecurrentLM | Seq2Seq | RecurrentSeq2Seq  # what generate and beam_search decode
 
 
 def filter_logits(logits: torch.Tensor, top_k: int | None = None, top_p: float | None = None) -> torch.Tensor:
@@ -45,21 +47,21 @@ def sample_next(logits: torch.Tensor, temperature: float = 1.0, top_k: int | Non
 class Steps:
     """Next-token logits for the rows being decoded, (rows, V), from their sequences so far: a causal LM over
     its last block_size tokens (the window slides), or a seq2seq decoder over the encoder output of its
-    source, computed once here. With the cache a step feeds only the newest token."""
+    source, computed once here. With the cache a step feeds only the newest token: a Transformer keeps its
+    keys and values, a recurrent model its state (one cell update per token; no positions, no window)."""
 
-    def __init__(self, model: CausalLM | RecurrentLM | Seq2Seq, rows: int, use_cache: bool, source: torch.Tensor | None = None,
+    def __init__(self, model: Decodable, rows: int, use_cache: bool, source: torch.Tensor | None = None,
                  source_mask: torch.Tensor | None = None):
-        self.model, self.block = model, model.cfg.block_size
-        self.seq2seq = isinstance(model, Seq2Seq)
-        # a recurrent LM's cache is its state: one cell update per token, and no window to slide
-        self.recurrent, self.use_cache, self.state = isinstance(model, RecurrentLM), use_cache, None
-        stack = model.decoder if self.seq2seq else model.rnn if self.recurrent else model.transformer
-        weight = stack.tok_emb.weight
-        self.cache = None
+        self.model, self.block, self.use_cache = model, model.cfg.block_size, use_cache
+        self.seq2seq = isinstance(model, (Seq2Seq, RecurrentSeq2Seq))
+        self.recurrent = isinstance(model, (RecurrentLM, RecurrentSeq2Seq))
+        self.state, self.cache, self.memory, self.mask = None, None, None, None
         if use_cache and not self.recurrent:
+            weight = (model.decoder if self.seq2seq else model.transformer).tok_emb.weight
             self.cache = KVCache(model.cfg, rows, self.block, weight.device, weight.dtype)
-        self.memory = self.mask = None
-        if self.seq2seq:  # the encoder runs once per source; a single source serves all `rows` (beams)
+        if isinstance(model, RecurrentSeq2Seq):  # the encoder runs once per source; one source serves all beams
+            self.memory = model.encode(source, source_mask).expand(rows)
+        elif self.seq2seq:
             self.memory = model.encode(source, source_mask)  # (B, S, C)
             if self.cache is None and self.memory.size(0) != rows:  # the cache expands the keys and values itself
                 self.memory = self.memory.expand(rows, -1, -1)  # (rows, S, C), a view
@@ -68,24 +70,27 @@ class Steps:
 
     @property
     def max_len(self) -> int | None:
-        """The longest sequence a decoder's positions hold (None: a causal LM's window slides)."""
+        """The longest output a decoder holds (None: a causal LM's window slides, a recurrent one has none)."""
         return self.block if self.seq2seq else None
 
-    def _forward(self, ids: torch.Tensor, cache: KVCache | None, memory: torch.Tensor | None) -> torch.Tensor:
-        if self.seq2seq:
+    def _forward(self, ids: torch.Tensor, cache: KVCache | None, memory, state: list | None = None) -> torch.Tensor:
+        if isinstance(self.model, RecurrentSeq2Seq):
+            out = self.model(decoder_input_ids=ids, memory=memory, state=state, last_only=True)
+        elif self.seq2seq:
             out = self.model(attention_mask=self.mask, decoder_input_ids=ids, memory=memory, cache=cache,
                              last_only=True)
         else:
-            out = self.model(ids, cache=cache, last_only=True)
+            out = self.model(ids, state=state, last_only=True) if self.recurrent else \
+                self.model(ids, cache=cache, last_only=True)
+        if self.recurrent and self.use_cache:
+            self.state = out.state
         return out.logits[:, -1]  # (rows, V)
 
     def __call__(self, seq: torch.Tensor, first: bool) -> torch.Tensor:
-        if self.recurrent:
-            if not self.use_cache:  # read the whole sequence again
-                return self.model(seq, last_only=True).logits[:, -1]
-            out = self.model(seq if first else seq[:, -1:], state=None if first else self.state, last_only=True)
-            self.state = out.state
-            return out.logits[:, -1]  # (rows, V)
+        if self.recurrent:  # the whole sequence again, or the newest token from the state
+            if not self.use_cache or first:
+                return self._forward(seq, None, self.memory)
+            return self._forward(seq[:, -1:], None, self.memory, self.state)
         if self.cache is None:
             return self._forward(seq[:, -self.block:], None, self.memory)
         if first or seq.size(1) > self.block:  # fill, or refill once the window slid (positions shift)
@@ -102,7 +107,7 @@ class Steps:
 
 
 @torch.inference_mode()  # lighter than no_grad: no version counters or views tracked for autograd
-def generate(model: CausalLM | RecurrentLM | Seq2Seq, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
+def generate(model: Decodable, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
              top_k: int | None = None, top_p: float | None = None, eot: int | None = None,
              use_cache: bool = True, generator: torch.Generator | None = None, source: torch.Tensor | None = None,
              source_mask: torch.Tensor | None = None) -> Iterator[torch.Tensor]:
@@ -136,7 +141,7 @@ class Hypothesis:
 
 
 @torch.inference_mode()
-def beam_search(model: CausalLM | RecurrentLM | Seq2Seq, prompt: list[int], beams: int, max_new_tokens: int,
+def beam_search(model: Decodable, prompt: list[int], beams: int, max_new_tokens: int,
                 eot: int | None = None, length_penalty: float = 1.0, n_best: int = 1, use_cache: bool = True,
                 source: list[int] | None = None) -> list[Hypothesis]:
     """The n_best continuations of `prompt` found by keeping the `beams` most probable partial sequences
@@ -194,7 +199,7 @@ def beam_search(model: CausalLM | RecurrentLM | Seq2Seq, prompt: list[int], beam
 
 
 @torch.inference_mode()
-def translate(model: Seq2Seq, sources: list[list[int]], end: int, beams: int = 1, length_penalty: float = 1.0,
+def translate(model: Seq2Seq | RecurrentSeq2Seq, sources: list[list[int]], end: int, beams: int = 1, length_penalty: float = 1.0,
               batch_size: int = 64, temperature: float = 0.0, top_k: int | None = None, top_p: float | None = None,
               generator: torch.Generator | None = None, use_cache: bool = True,
               max_new_tokens: int | None = None) -> list[list[int]]:

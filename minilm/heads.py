@@ -290,3 +290,82 @@ def classification_output(logits: torch.Tensor, labels: torch.Tensor | None, tra
         out.predictions = (logits.argmax(-1), labels)
     return out
 
+
+
+@dataclass
+class Memory:
+    """What a recurrent decoder attends to, computed once per source."""
+
+    states: torch.Tensor  # (B, S, E) the encoder's top states, zeros at padding
+    keys: torch.Tensor  # (B, S, A) additive attention's U e (dot attention: the states themselves)
+    mask: torch.Tensor | None  # (B, S) 1 = real token
+
+    def expand(self, rows: int) -> Memory:
+        """One source's memory for `rows` beams (a view)."""
+        if self.states.size(0) == rows:
+            return self
+        grow = lambda t: t.expand(rows, *t.shape[1:]) if t is not None else None  # noqa: E731
+        return Memory(grow(self.states), grow(self.keys), grow(self.mask))
+
+
+class RecurrentSeq2Seq(nn.Module):
+    """An RNN encoder-decoder with attention: the encoder (model.encoder_layers layers of model.arch, both ways
+    with model.bidirectional) reads the source; the decoder (n_layer layers, one way) reads [start] + target from
+    a zero state, and each of its states attends over the encoder states (global attention after the
+    recurrence, Luong et al. 2015, with their "general" dot score or Bahdanau et al.'s additive one); tanh(W
+    [context; state]) is scored against the decoder's token table. Decoding carries the decoder's state.
+    """
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.encoder = RecurrentStack(dataclasses.replace(cfg, n_layer=cfg.encoder_layers, encoder_layers=0),
+                                      token_table=not cfg.share_embeddings)
+        self.decoder = RecurrentStack(dataclasses.replace(cfg, bidirectional=False, encoder_layers=0))
+        H, E = self.decoder.width, self.encoder.width
+        if cfg.attention == "dot":
+            self.query = nn.Linear(H, E, bias=False)  # h W e
+        else:
+            self.query, self.key = nn.Linear(H, H), nn.Linear(E, H, bias=False)  # v . tanh(W h + U e)
+            self.score = nn.Linear(H, 1, bias=False)
+        self.combine = nn.Linear(E + H, cfg.n_embd)
+
+    def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> Memory:
+        share = self.decoder.tok_emb if self.cfg.share_embeddings else None
+        states, _ = self.encoder(input_ids, attention_mask, tok_emb=share)  # (B, S, E)
+        keys = self.key(states) if self.cfg.attention == "additive" else states  # (B, S, A)
+        return Memory(states, keys, attention_mask)
+
+    def _attend(self, h: torch.Tensor, memory: Memory) -> torch.Tensor:
+        """Decoder states (B, T, H) -> attention-weighted encoder states (B, T, E)."""
+        if self.cfg.attention == "dot":
+            scores = self.query(h) @ memory.keys.transpose(1, 2)  # (B, T, S)
+        else:
+            scores = self.score(torch.tanh(self.query(h)[:, :, None] + memory.keys[:, None])).squeeze(-1)  # (B, T, S)
+        if memory.mask is not None:
+            scores = scores.masked_fill(memory.mask[:, None] == 0, float("-inf"))
+        return torch.softmax(scores.float(), -1).to(h.dtype) @ memory.states  # (B, T, E)
+
+    def forward(self, input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
+                decoder_input_ids: torch.Tensor | None = None, decoder_attention_mask: torch.Tensor | None = None,
+                labels: torch.Tensor | None = None, memory: Memory | None = None, state: list | None = None,
+                last_only: bool = False) -> TaskOutput:
+        """As Seq2Seq: source (B, S), decoder input (B, T) -> logits (B, T, vocab); decoding passes `memory` and
+        the decoder `state` instead (the target is right-padded, so its padding never reaches a real position)."""
+        if memory is None:
+            memory = self.encode(input_ids, attention_mask)
+        h, state = self.decoder(decoder_input_ids, state=state)  # (B, T, H)
+        if last_only:
+            h = h[:, -1:]  # (B, 1, H)
+        out = torch.tanh(self.combine(torch.cat([self._attend(h, memory), h], -1)))  # (B, T, n_embd)
+        logits = F.linear(out, self.decoder.tok_emb.weight)  # (B, T, vocab)
+        if labels is None:
+            return TaskOutput(logits, state=state)
+        result = lm_loss(logits, labels, self.cfg.label_smoothing, training=self.training, accuracy=True)
+        result.state = state
+        return result
+
+
+def encoder_decoder(cfg: ModelConfig) -> nn.Module:
+    """The encoder-decoder of model.arch: the Transformer's, or the recurrent one with attention."""
+    return RecurrentSeq2Seq(cfg) if cfg.recurrent else Seq2Seq(cfg)

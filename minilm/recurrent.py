@@ -112,25 +112,27 @@ class RecurrentStack(nn.Module):
     x + layer(x) wherever the widths agree. Returns the last layer's states (B, T, dirs * H) and each layer's
     final state, which continues the sequence when passed back (sampling, truncated BPTT)."""
 
-    def __init__(self, cfg: ModelConfig):
+    def __init__(self, cfg: ModelConfig, token_table: bool = True):
         super().__init__()
         self.cfg = cfg
         H, dirs = cfg.rnn_hidden, 2 if cfg.bidirectional else 1
-        self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.n_embd)
+        # token_table=False: the caller passes its own table to forward (an encoder sharing the decoder's)
+        self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.n_embd) if token_table else None
         self.drop = nn.Dropout(cfg.dropout)
         self.layers = nn.ModuleList(RecurrentLayer(cfg.arch, cfg.n_embd if i == 0 else dirs * H, H, cfg.bidirectional)
                                     for i in range(cfg.n_layer))
-        nn.init.normal_(self.tok_emb.weight, std=0.02)
+        if self.tok_emb is not None:
+            nn.init.normal_(self.tok_emb.weight, std=0.02)
 
     @property
     def width(self) -> int:
         return self.cfg.rnn_hidden * (2 if self.cfg.bidirectional else 1)
 
-    def forward(self, idx: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                state: State | None = None) -> tuple[torch.Tensor, State]:
+    def forward(self, idx: torch.Tensor, attention_mask: torch.Tensor | None = None, state: State | None = None,
+                tok_emb: nn.Embedding | None = None) -> tuple[torch.Tensor, State]:
         """idx (B, T), attention_mask (B, T) with right padding (1 = real token) -> (B, T, width), state."""
         lengths = None if attention_mask is None or bool(attention_mask.all()) else attention_mask.sum(-1)
-        x = self.drop(self.tok_emb(idx))  # (B, T, n_embd)
+        x = self.drop((tok_emb or self.tok_emb)(idx))  # (B, T, n_embd)
         new_state = []
         for i, layer in enumerate(self.layers):
             y, s = layer(x, lengths, state[i] if state is not None else None)

@@ -265,3 +265,54 @@ def test_tbptt_carries_the_state(shakespeare_file, tmp_path, monkeypatch):
     assert seen == [False, True, True]  # a zero state only for the first block of each lane
     with pytest.raises(ConfigError, match="train.tbptt"):
         load_config(None, tiny_overrides(shakespeare_file, tmp_path / "b", "train.tbptt=true"))
+
+
+# ---------------------------------------------------------------------------------------------
+# recurrent encoder-decoders with attention
+
+
+@pytest.mark.parametrize("arch,attention", [("lstm", "dot"), ("gru", "additive"), ("sru", "dot")])
+def test_recurrent_encoder_decoder_masks_and_decodes_the_same_cached_or_not(arch, attention):
+    from minilm.heads import RecurrentSeq2Seq
+    from minilm.generate import translate
+
+    cfg = _cfg(arch, encoder_layers=2, bidirectional=True, attention=attention, block_size=10)
+    torch.manual_seed(0)
+    model = RecurrentSeq2Seq(cfg).eval()
+    with torch.no_grad():
+        model.decoder.tok_emb.weight.mul_(30)
+    src = torch.randint(1, 11, (2, 6))
+    mask = torch.ones(2, 6, dtype=torch.long)
+    mask[1, 4:] = 0
+    dec = torch.randint(1, 11, (2, 5))
+    with torch.no_grad():
+        full = model(src, mask, dec).logits
+        alone = model(src[1:, :4], None, dec[1:]).logits
+        other = model(src.masked_fill(mask == 0, 3), mask, dec).logits
+    assert torch.allclose(full[1], alone[0], atol=1e-5) and torch.allclose(full, other, atol=1e-6)
+    start = torch.zeros(2, 1, dtype=torch.long)
+    runs = [torch.stack(list(generate(model, start, 9, 0.0, eot=0, source=src, source_mask=mask, use_cache=c)), 1)
+            for c in (True, False)]
+    assert torch.equal(*runs)
+    ids = src[1, :4].tolist()
+    greedy = translate(model, [ids], 0)[0]
+    assert beam_search(model, [0], 1, 9, eot=0, source=ids)[0].tokens == greedy
+    wide = [beam_search(model, [0], 3, 9, eot=0, source=ids, n_best=3, use_cache=c) for c in (True, False)]
+    assert [h.tokens for h in wide[0]] == [h.tokens for h in wide[1]]
+
+
+def test_lstm_grapheme_to_phoneme_trains(tmp_path):
+    from conftest import ROOT
+
+    folder = tmp_path / "g2p"
+    folder.mkdir()
+    for name, n in (("train", 300), ("valid", 40)):
+        lines = (ROOT / "data" / "cmudict" / f"{name}.tsv").read_text(encoding="utf-8").splitlines()[: n + 1]
+        (folder / f"{name}.tsv").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    cfg = load_config(str(ROOT / "configs" / "g2p-cmudict.yaml"), [
+        f"data.train_files=[{folder / 'train.tsv'}]", f"data.val_files=[{folder / 'valid.tsv'}]",
+        f"train.out_dir={tmp_path / 'run'}", "model.arch=lstm", "model.bidirectional=true", "model.norm=pre",
+        "model.encoder_layers=1", "model.n_layer=1", "model.n_embd=32", "model.attention=additive",
+        "train.max_steps=8", "train.eval_interval=4", "train.batch_size=16", "seq2seq.decode_examples=8"])
+    metrics = train(cfg)
+    assert {"val_loss", "val_token_acc", "val_seq_error", "val_token_error"} <= set(metrics)

@@ -78,7 +78,7 @@ class Task:
         if model.recurrent and not self.recurrent:
             raise ConfigError(f"train.task={self.name} needs a Transformer, not model.arch={model.arch}: set "
                               "model.arch=transformer, or train.task=causal_lm or classify")
-        if model.recurrent and model.bidirectional and self.causal:
+        if model.recurrent and model.bidirectional and self.causal and not self.encoder_decoder:
             raise ConfigError(f"train.task={self.name} predicts each token from the ones before it, which a "
                               "bidirectional stack would see: set model.bidirectional=false")
         if self.encoder_decoder and not model.encoder_layers:
