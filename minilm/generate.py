@@ -8,9 +8,10 @@ from dataclasses import dataclass
 
 import torch
 
-from minilm.heads import CausalLM, RecurrentLM, RecurrentSeq2Seq, Seq2Seq
+from minilm.heads import CausalLM, Seq2Seq
 from minilm.model import KVCache
 from minilm.recurrent import reorder_state
+from minilm.recurrent_heads import RecurrentLM, RecurrentSeq2Seq
 
 Decodable = CausalLM | RecurrentLM | Seq2Seq | RecurrentSeq2Seq  # what generate and beam_search decode
 

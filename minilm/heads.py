@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from minilm.config import ModelConfig
 from minilm.data.batch import IGNORE
 from minilm.model import KVCache, Transformer
-from minilm.recurrent import RecurrentStack, last_states, pool
+from minilm.recurrent import pool
 
 
 @dataclass
@@ -53,38 +53,6 @@ class CausalLM(nn.Module):
         return lm_loss(logits, labels, self.cfg.label_smoothing, training=self.training)
 
 
-class RecurrentLM(nn.Module):
-    """A character- or token-level LM on a recurrent stack (model.arch): the top states, projected to the
-    embedding width when they are wider or narrower, scored against the tied token embedding. The final state
-    comes back with the logits: fed back with the next tokens, it continues the sequence (one cell update per
-    sampled token)."""
-
-    def __init__(self, cfg: ModelConfig):
-        super().__init__()
-        self.cfg = cfg
-        self.rnn = RecurrentStack(cfg)
-        self.out = nn.Linear(self.rnn.width, cfg.n_embd, bias=False) if self.rnn.width != cfg.n_embd else None
-
-    def forward(self, input_ids: torch.Tensor, labels: torch.Tensor | None = None, state: list | None = None,
-                last_only: bool = False) -> TaskOutput:
-        h, state = self.rnn(input_ids, state=state)  # (B, T, width)
-        if last_only:
-            h = h[:, -1:]  # (B, 1, width)
-        if self.out is not None:
-            h = self.out(h)  # (B, T, n_embd)
-        logits = F.linear(h, self.rnn.tok_emb.weight)  # (B, T, vocab), tied to the embedding
-        if labels is None:
-            return TaskOutput(logits, state=state)
-        out = lm_loss(logits, labels, self.cfg.label_smoothing, training=self.training)
-        out.state = state
-        return out
-
-
-def language_model(cfg: ModelConfig) -> nn.Module:
-    """The causal LM of model.arch: GPT for a Transformer, RecurrentLM for the recurrent family."""
-    return RecurrentLM(cfg) if cfg.recurrent else CausalLM(cfg)
-
-
 def lm_loss(logits: torch.Tensor, labels: torch.Tensor, label_smoothing: float, training: bool,
             accuracy: bool = False) -> TaskOutput:
     """Mean cross-entropy over labelled positions (label-smoothed in training); for evaluation the plain
@@ -106,34 +74,6 @@ def lm_loss(logits: torch.Tensor, labels: torch.Tensor, label_smoothing: float, 
 def encoder_config(cfg: ModelConfig) -> ModelConfig:
     """An encoder-decoder's encoder: model.encoder_layers bidirectional Blocks, otherwise the decoder's settings."""
     return dataclasses.replace(cfg, n_layer=cfg.encoder_layers, causal=False, encoder_layers=0)
-
-
-class RecurrentClassifier(nn.Module):
-    """Sequence classification on a recurrent stack: the last states ("last"; a bidirectional stack adds its
-    backward direction at the first token) or the mean / max over the real tokens -> dropout -> linear."""
-
-    def __init__(self, cfg: ModelConfig):
-        super().__init__()
-        self.cfg = cfg
-        self.pooling = cfg.pooling or "last"
-        self.rnn = RecurrentStack(cfg)
-        self.drop = nn.Dropout(cfg.classifier_dropout)
-        self.head = nn.Linear(self.rnn.width, cfg.num_labels)
-
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                segment_ids: torch.Tensor | None = None, labels: torch.Tensor | None = None) -> TaskOutput:
-        h, _ = self.rnn(input_ids, attention_mask)  # (B, T, width), right padding
-        if self.pooling == "last":
-            pooled = last_states(h, attention_mask, self.cfg.bidirectional)  # (B, width)
-        else:
-            pooled = pool(h, attention_mask, self.pooling)  # (B, width)
-        logits = self.head(self.drop(pooled))  # (B, num_labels)
-        return classification_output(logits, labels, self.training)
-
-
-def classifier(cfg: ModelConfig) -> nn.Module:
-    """The classifier of model.arch."""
-    return RecurrentClassifier(cfg) if cfg.recurrent else Classifier(cfg)
 
 
 class Seq2Seq(nn.Module):
@@ -289,83 +229,3 @@ def classification_output(logits: torch.Tensor, labels: torch.Tensor | None, tra
         out.metrics["loss"] = Sums(per_example, torch.ones_like(per_example))
         out.predictions = (logits.argmax(-1), labels)
     return out
-
-
-
-@dataclass
-class Memory:
-    """What a recurrent decoder attends to, computed once per source."""
-
-    states: torch.Tensor  # (B, S, E) the encoder's top states, zeros at padding
-    keys: torch.Tensor  # (B, S, A) additive attention's U e (dot attention: the states themselves)
-    mask: torch.Tensor | None  # (B, S) 1 = real token
-
-    def expand(self, rows: int) -> Memory:
-        """One source's memory for `rows` beams (a view)."""
-        if self.states.size(0) == rows:
-            return self
-        grow = lambda t: t.expand(rows, *t.shape[1:]) if t is not None else None  # noqa: E731
-        return Memory(grow(self.states), grow(self.keys), grow(self.mask))
-
-
-class RecurrentSeq2Seq(nn.Module):
-    """An RNN encoder-decoder with attention: the encoder (model.encoder_layers layers of model.arch, both ways
-    with model.bidirectional) reads the source; the decoder (n_layer layers, one way) reads [start] + target from
-    a zero state, and each of its states attends over the encoder states (global attention after the
-    recurrence, Luong et al. 2015, with their "general" dot score or Bahdanau et al.'s additive one); tanh(W
-    [context; state]) is scored against the decoder's token table. Decoding carries the decoder's state.
-    """
-
-    def __init__(self, cfg: ModelConfig):
-        super().__init__()
-        self.cfg = cfg
-        self.encoder = RecurrentStack(dataclasses.replace(cfg, n_layer=cfg.encoder_layers, encoder_layers=0),
-                                      token_table=not cfg.share_embeddings)
-        self.decoder = RecurrentStack(dataclasses.replace(cfg, bidirectional=False, encoder_layers=0))
-        H, E = self.decoder.width, self.encoder.width
-        if cfg.attention == "dot":
-            self.query = nn.Linear(H, E, bias=False)  # h W e
-        else:
-            self.query, self.key = nn.Linear(H, H), nn.Linear(E, H, bias=False)  # v . tanh(W h + U e)
-            self.score = nn.Linear(H, 1, bias=False)
-        self.combine = nn.Linear(E + H, cfg.n_embd)
-
-    def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> Memory:
-        share = self.decoder.tok_emb if self.cfg.share_embeddings else None
-        states, _ = self.encoder(input_ids, attention_mask, tok_emb=share)  # (B, S, E)
-        keys = self.key(states) if self.cfg.attention == "additive" else states  # (B, S, A)
-        return Memory(states, keys, attention_mask)
-
-    def _attend(self, h: torch.Tensor, memory: Memory) -> torch.Tensor:
-        """Decoder states (B, T, H) -> attention-weighted encoder states (B, T, E)."""
-        if self.cfg.attention == "dot":
-            scores = self.query(h) @ memory.keys.transpose(1, 2)  # (B, T, S)
-        else:
-            scores = self.score(torch.tanh(self.query(h)[:, :, None] + memory.keys[:, None])).squeeze(-1)  # (B, T, S)
-        if memory.mask is not None:
-            scores = scores.masked_fill(memory.mask[:, None] == 0, float("-inf"))
-        return torch.softmax(scores.float(), -1).to(h.dtype) @ memory.states  # (B, T, E)
-
-    def forward(self, input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
-                decoder_input_ids: torch.Tensor | None = None, decoder_attention_mask: torch.Tensor | None = None,
-                labels: torch.Tensor | None = None, memory: Memory | None = None, state: list | None = None,
-                last_only: bool = False) -> TaskOutput:
-        """As Seq2Seq: source (B, S), decoder input (B, T) -> logits (B, T, vocab); decoding passes `memory` and
-        the decoder `state` instead (the target is right-padded, so its padding never reaches a real position)."""
-        if memory is None:
-            memory = self.encode(input_ids, attention_mask)
-        h, state = self.decoder(decoder_input_ids, state=state)  # (B, T, H)
-        if last_only:
-            h = h[:, -1:]  # (B, 1, H)
-        out = torch.tanh(self.combine(torch.cat([self._attend(h, memory), h], -1)))  # (B, T, n_embd)
-        logits = F.linear(out, self.decoder.tok_emb.weight)  # (B, T, vocab)
-        if labels is None:
-            return TaskOutput(logits, state=state)
-        result = lm_loss(logits, labels, self.cfg.label_smoothing, training=self.training, accuracy=True)
-        result.state = state
-        return result
-
-
-def encoder_decoder(cfg: ModelConfig) -> nn.Module:
-    """The encoder-decoder of model.arch: the Transformer's, or the recurrent one with attention."""
-    return RecurrentSeq2Seq(cfg) if cfg.recurrent else Seq2Seq(cfg)

@@ -11,7 +11,7 @@ from minilm import hf
 from minilm.config import ModelConfig, config_from_dict, load_config
 from minilm.errors import CheckpointError, ConfigError
 from minilm.generate import beam_search, generate
-from minilm.heads import RecurrentLM
+from minilm.recurrent_heads import RecurrentLM
 from minilm.recurrent import SRU, RecurrentStack
 from minilm.run import RunDir
 from minilm.tokenizer import train_char
@@ -273,7 +273,7 @@ def test_tbptt_carries_the_state(shakespeare_file, tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("arch,attention", [("lstm", "dot"), ("gru", "additive"), ("sru", "dot")])
 def test_recurrent_encoder_decoder_masks_and_decodes_the_same_cached_or_not(arch, attention):
-    from minilm.heads import RecurrentSeq2Seq
+    from minilm.recurrent_heads import RecurrentSeq2Seq
     from minilm.generate import translate
 
     cfg = _cfg(arch, encoder_layers=2, bidirectional=True, attention=attention, block_size=10)

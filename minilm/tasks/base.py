@@ -94,6 +94,11 @@ class Task:
                               "or classify")
 
 
+def by_arch(transformer: type[torch.nn.Module], recurrent: type[torch.nn.Module]) -> Callable[[ModelConfig], torch.nn.Module]:
+    """A task's model: the Transformer head, or its recurrent counterpart when model.arch is recurrent."""
+    return lambda model: (recurrent if model.recurrent else transformer)(model)
+
+
 def resolve_model(cfg: Config, source: Source | None) -> ModelConfig:
     """The model section, or with init_from the source's architecture (training settings kept from the config)."""
     if source is None:

@@ -13,8 +13,9 @@ from minilm.data.batch import Shuffled
 from minilm.data.classify import (PadCollator, encode_table, iter_table_texts, label_names, load_table, pad_id,
                                   require_column, train_val_tables)
 from minilm.errors import ConfigError
-from minilm.heads import classifier
-from minilm.tasks.base import Source, Task, TaskData, choose_tokenizer, resolve_model, with_vocab
+from minilm.heads import Classifier
+from minilm.recurrent_heads import RecurrentClassifier
+from minilm.tasks.base import Source, Task, TaskData, by_arch, choose_tokenizer, resolve_model, with_vocab
 
 
 def collator(cfg: Config, tok: Tokenizer) -> PadCollator:
@@ -52,8 +53,8 @@ def choose_pooling(cfg: Config, source: Source | None) -> str:
               f"does too (classify.pooling={source.pooling}; set classify.pooling=cls for a [CLS] pooler)",
               file=sys.stderr)
         return source.pooling
-    causal = source.model.causal if source is not None else cfg.model.causal
-    return "last" if causal else "cls"
+    model = source.model if source is not None else cfg.model
+    return "last" if model.causal or model.recurrent else "cls"
 
 
 def eval_data(cfg: Config, tok: Tokenizer, files: list[str]) -> tuple[datasets.Dataset, PadCollator]:
@@ -72,4 +73,4 @@ def metrics(cfg: Config) -> tuple[str, ...]:
     return ("loss", "accuracy", "macro_f1", "f1", "mcc")  # f1: of label id 1, for two labels
 
 
-TASK = Task("classify", classifier, prepare, eval_data, metrics)
+TASK = Task("classify", by_arch(Classifier, RecurrentClassifier), prepare, eval_data, metrics)
