@@ -160,6 +160,9 @@ def _check_sample_args(args: argparse.Namespace, vocab: int) -> None:
     samples = getattr(args, "num_samples", 1)
     if samples < 1:
         raise UsageError(f"--num-samples {samples} must be at least 1")
+    if args.beams is None and args.n_best != 1:
+        raise UsageError(f"--n-best {args.n_best} ranks the hypotheses of a beam search: add --beams K (K >= "
+                         f"{max(args.n_best, 1)})")
     if args.beams is not None:
         if args.beams < 1:
             raise UsageError(f"--beams {args.beams} must be at least 1 (1 is greedy decoding)")

@@ -296,5 +296,6 @@ def test_commands_refuse_the_wrong_kind_of_run(tmp_path, capsys):
     _one_error(capsys, main(["translate", str(gpt), "hello"]), "use `minilm sample` for it")
     _one_error(capsys, main(["sample", str(s2s), "--prompt", "cat"]), "use `minilm translate` for it")
     _one_error(capsys, main(["translate", str(s2s), "cat", "--beams", "0"]), "--beams 0 must be at least 1")
+    _one_error(capsys, main(["translate", str(s2s), "cat", "--n-best", "2"]), "add --beams K")
     _one_error(capsys, main(["translate", str(s2s), " ".join(["cat"] * 30)]), "more than the 24 the encoder reads")
     _one_error(capsys, main(["eval", str(s2s), "--data", "x.tsv", "--beams", "0"]), "--beams 0 must be at least 1")
