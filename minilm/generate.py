@@ -200,9 +200,9 @@ def beam_search(model: Decodable, prompt: list[int], beams: int, max_new_tokens:
 
 
 @torch.inference_mode()
-def translate(model: Seq2Seq | RecurrentSeq2Seq, sources: list[list[int]], end: int, beams: int = 1, length_penalty: float = 1.0,
-              batch_size: int = 64, temperature: float = 0.0, top_k: int | None = None, top_p: float | None = None,
-              generator: torch.Generator | None = None, use_cache: bool = True,
+def translate(model: Seq2Seq | RecurrentSeq2Seq, sources: list[list[int]], end: int, beams: int = 1,
+              length_penalty: float = 1.0, batch_size: int = 64, temperature: float = 0.0, top_k: int | None = None,
+              top_p: float | None = None, generator: torch.Generator | None = None, use_cache: bool = True,
               max_new_tokens: int | None = None) -> list[list[int]]:
     """The decoded target of each source (its token ids, without the end token): greedy or sampled in batches
     of similar length, or by beam search one source at a time (beams > 1)."""

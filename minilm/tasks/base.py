@@ -94,7 +94,8 @@ class Task:
                               "or classify")
 
 
-def by_arch(transformer: type[torch.nn.Module], recurrent: type[torch.nn.Module]) -> Callable[[ModelConfig], torch.nn.Module]:
+def by_arch(transformer: type[torch.nn.Module],
+            recurrent: type[torch.nn.Module]) -> Callable[[ModelConfig], torch.nn.Module]:
     """A task's model: the Transformer head, or its recurrent counterpart when model.arch is recurrent."""
     return lambda model: (recurrent if model.recurrent else transformer)(model)
 

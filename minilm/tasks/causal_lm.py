@@ -34,5 +34,5 @@ def eval_data(cfg: Config, tok: Tokenizer, files: list[str]) -> tuple[torch.util
         return PackedBlocks(data.stream("train"), cfg.model.block_size), None
 
 
-TASK = Task("causal_lm", by_arch(CausalLM, RecurrentLM), prepare, eval_data, metrics=lambda cfg: ("loss", "ppl"), causal=True,
-            perplexity=True, prepared=True)
+TASK = Task("causal_lm", by_arch(CausalLM, RecurrentLM), prepare, eval_data, metrics=lambda cfg: ("loss", "ppl"),
+            causal=True, perplexity=True, prepared=True)
