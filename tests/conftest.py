@@ -178,3 +178,27 @@ def write_run(path: Path, cfg, net, tok) -> Path:
     save_weights(net, path / "model.safetensors")
     tok.save(str(path / "tokenizer.json"))
     return path
+
+
+def train_stopped_after_checkpoint(cfg, step: int, monkeypatch) -> None:
+    """Train `cfg` but stop it right after its checkpoint at `step`, as a kill would (the run dir stays)."""
+    from minilm.run import RunDir
+    from minilm.train import train
+
+    class Stop(Exception):
+        pass
+
+    real_save = RunDir.save
+
+    def save_then_stop(self, accelerator, model, progress, *args, **kwargs):
+        real_save(self, accelerator, model, progress, *args, **kwargs)
+        if progress.step == step:
+            raise Stop
+
+    with monkeypatch.context() as patched:
+        patched.setattr(RunDir, "save", save_then_stop)
+        try:
+            train(cfg)
+        except Stop:
+            return
+    raise AssertionError(f"the run never saved a checkpoint at step {step}")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import read_metrics, tiny_overrides, write_run
+from conftest import train_stopped_after_checkpoint, read_metrics, tiny_overrides, write_run
 
 from minilm import hf
 from minilm.config import ModelConfig, config_from_dict, load_config
@@ -13,7 +13,6 @@ from minilm.errors import CheckpointError, ConfigError
 from minilm.generate import beam_search, generate
 from minilm.recurrent_heads import RecurrentLM
 from minilm.recurrent import SRU, RecurrentStack
-from minilm.run import RunDir
 from minilm.tokenizer import train_char
 from minilm.train import train
 
@@ -152,20 +151,7 @@ def test_lstm_language_model_trains_samples_and_resumes_exactly(shakespeare_file
     losses = [r["loss"] for r in read_metrics(tmp_path / "a") if r["split"] == "train"]
     assert losses[-1] < losses[0]
 
-    class Stop(Exception):
-        pass
-
-    real_save = RunDir.save
-
-    def save_then_stop(self, accelerator, model, progress, *args, **kwargs):
-        real_save(self, accelerator, model, progress, *args, **kwargs)
-        if progress.step == 8:
-            raise Stop
-
-    monkeypatch.setattr(RunDir, "save", save_then_stop)
-    with pytest.raises(Stop):
-        train(load_config(None, tiny_overrides(shakespeare_file, tmp_path / "b", *extra)))
-    monkeypatch.setattr(RunDir, "save", real_save)
+    train_stopped_after_checkpoint(load_config(None, tiny_overrides(shakespeare_file, tmp_path / "b", *extra)), 8, monkeypatch)
     train(load_config(None, tiny_overrides(shakespeare_file, tmp_path / "b", *extra, "train.resume=true")))
     strip = lambda rs: [{k: v for k, v in r.items() if k != "tokens_per_s"} for r in rs]  # noqa: E731
     assert strip(read_metrics(tmp_path / "a")) == strip(read_metrics(tmp_path / "b"))

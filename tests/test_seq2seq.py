@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import randomize, read_metrics, run_cli, write_run
+from conftest import train_stopped_after_checkpoint, randomize, read_metrics, run_cli, write_run
 
 from minilm import hf
 from minilm.cli import main
@@ -22,7 +22,7 @@ from minilm.config import config_from_dict, load_config
 from minilm.errors import CheckpointError
 from minilm.generate import beam_search, generate, translate
 from minilm.heads import CausalLM, Seq2Seq
-from minilm.run import RunDir, load_run
+from minilm.run import load_run
 from minilm.tokenizer import train_char, train_word
 from minilm.train import train
 
@@ -229,20 +229,7 @@ def test_seq2seq_trains_reports_decoded_metrics_and_resumes_exactly(g2p_files, t
     losses = [r["loss"] for r in read_metrics(tmp_path / "a") if r["split"] == "train"]
     assert losses[-1] < losses[0]
 
-    class Stop(Exception):
-        pass
-
-    real_save = RunDir.save
-
-    def save_then_stop(self, accelerator, model, progress, *args, **kwargs):
-        real_save(self, accelerator, model, progress, *args, **kwargs)
-        if progress.step == 8:
-            raise Stop
-
-    monkeypatch.setattr(RunDir, "save", save_then_stop)
-    with pytest.raises(Stop):
-        train(load_config(config, _overrides(g2p_files, tmp_path / "b")))
-    monkeypatch.setattr(RunDir, "save", real_save)
+    train_stopped_after_checkpoint(load_config(config, _overrides(g2p_files, tmp_path / "b")), 8, monkeypatch)
     train(load_config(config, _overrides(g2p_files, tmp_path / "b", "train.resume=true")))
     a = [r for r in read_metrics(tmp_path / "a")]
     b = [r for r in read_metrics(tmp_path / "b")]

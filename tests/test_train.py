@@ -11,8 +11,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import TINY_YAML, read_metrics, run_cli_many, snapshot, tiny_overrides
-from minilm.run import RunDir, load_run
+from conftest import train_stopped_after_checkpoint, TINY_YAML, read_metrics, run_cli_many, snapshot, tiny_overrides
+from minilm.run import load_run
 from minilm.config import TrainConfig, load_config
 from minilm.errors import CheckpointError, ConfigError, DataError
 from minilm.optim import lr_at, make_optimizer
@@ -128,20 +128,7 @@ def test_resume_after_interruption_is_exact(resume_data, tmp_path, monkeypatch):
 
     train(cfg("a"))
 
-    class Stop(Exception):
-        pass
-
-    real_save = RunDir.save
-
-    def save_then_stop(self, accelerator, model, progress, *args, **kwargs):
-        real_save(self, accelerator, model, progress, *args, **kwargs)
-        if progress.step == 8:
-            raise Stop
-
-    monkeypatch.setattr(RunDir, "save", save_then_stop)
-    with pytest.raises(Stop):
-        train(cfg("b"))
-    monkeypatch.setattr(RunDir, "save", real_save)
+    train_stopped_after_checkpoint(cfg("b"), 8, monkeypatch)
     assert json.loads((tmp_path / "b" / "state" / "progress.json").read_text())["step"] == 8
     assert max(train_losses(tmp_path / "b")) == 8
     train(cfg("b", "train.resume=true"))
