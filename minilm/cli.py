@@ -382,41 +382,7 @@ def _add_run_commands(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--device", default="cpu")
     c.set_defaults(func=cmd_classify)
 
-    s = sub.add_parser("sample", help="generate text from a GPT run")
-    s.add_argument("run_dir")
-    s.add_argument("--prompt", default="", help="text to continue (default: start a new document)")
-    s.add_argument("--max-new-tokens", type=int, default=200)
-    s.add_argument("--temperature", type=float, default=0.8)
-    s.add_argument("--top-k", type=int, default=None)
-    s.add_argument("--top-p", type=float, default=None)
-    s.add_argument("--greedy", action="store_true", help="always take the most likely token")
-    s.add_argument("--num-samples", type=int, default=1)
-    s.add_argument("--seed", type=int, default=1337)
-    s.add_argument("--no-cache", action="store_true", help="recompute the whole context each step (slower)")
-    s.add_argument("--beams", type=int, default=None, help="beam search with this many beams instead of sampling")
-    s.add_argument("--n-best", type=int, default=1, help="with --beams: print this many best texts, with scores")
-    s.add_argument("--length-penalty", type=float, default=1.0,
-                   help="with --beams: score = log-probability / length ** this (0: total log-probability)")
-    s.add_argument("--device", default="cpu")
-    s.set_defaults(func=cmd_sample)
-
-    t = sub.add_parser("translate", help="decode each source text (or line of standard input) with a seq2seq run")
-    t.add_argument("run_dir")
-    t.add_argument("text", nargs="?", default=None, help="the source (default: one per line of standard input)")
-    t.add_argument("--beams", type=int, default=None, help="beam search with this many beams (default: greedy)")
-    t.add_argument("--n-best", type=int, default=1, help="with --beams: print this many outputs per source, with "
-                                                          "their scores (source, score, output; tab-separated)")
-    t.add_argument("--length-penalty", type=float, default=1.0,
-                   help="with --beams: score = log-probability / length ** this (0: total log-probability)")
-    t.add_argument("--temperature", type=float, default=0.0, help="0 (default): greedy; above 0: sample")
-    t.add_argument("--top-k", type=int, default=None)
-    t.add_argument("--top-p", type=float, default=None)
-    t.add_argument("--max-new-tokens", type=int, default=1 << 30, help="default: as many as the decoder holds")
-    t.add_argument("--seed", type=int, default=1337)
-    t.add_argument("--batch-size", type=int, default=64, help="sources decoded together (greedy and sampling)")
-    t.add_argument("--no-cache", action="store_true", help="recompute the decoder over the whole output each step")
-    t.add_argument("--device", default="cpu")
-    t.set_defaults(func=cmd_translate)
+    _add_decoding_commands(sub)
 
     f = sub.add_parser("fill-mask", help="predict the [MASK] tokens of a text with a BERT run")
     f.add_argument("run_dir")
@@ -429,6 +395,40 @@ def _add_run_commands(sub: argparse._SubParsersAction) -> None:
     e.add_argument("run_dir")
     e.add_argument("out_dir")
     e.set_defaults(func=cmd_export)
+
+
+def _decoding_options(c: argparse.ArgumentParser, temperature: float, max_new_tokens: int, what: str) -> None:
+    """What `sample` and `translate` share: sampling settings, beam search, the cache, the device."""
+    c.add_argument("--max-new-tokens", type=int, default=max_new_tokens)
+    c.add_argument("--temperature", type=float, default=temperature)
+    c.add_argument("--top-k", type=int, default=None)
+    c.add_argument("--top-p", type=float, default=None)
+    c.add_argument("--seed", type=int, default=1337)
+    c.add_argument("--no-cache", action="store_true", help="recompute the whole output each step (slower)")
+    c.add_argument("--beams", type=int, default=None, help="beam search with this many beams instead of sampling")
+    c.add_argument("--n-best", type=int, default=1, help=f"with --beams: print this many best {what}, with scores")
+    c.add_argument("--length-penalty", type=float, default=1.0,
+                   help="with --beams: score = log-probability / length ** this (0: total log-probability)")
+    c.add_argument("--device", default="cpu")
+
+
+def _add_decoding_commands(sub: argparse._SubParsersAction) -> None:
+    s = sub.add_parser("sample", help="generate text from a GPT run")
+    s.add_argument("run_dir")
+    s.add_argument("--prompt", default="", help="text to continue (default: start a new document)")
+    s.add_argument("--greedy", action="store_true", help="always take the most likely token")
+    s.add_argument("--num-samples", type=int, default=1)
+    _decoding_options(s, temperature=0.8, max_new_tokens=200, what="texts")
+    s.set_defaults(func=cmd_sample)
+
+    t = sub.add_parser("translate", help="decode each source text (or line of standard input) with a seq2seq run "
+                                         "(greedy unless --temperature or --beams)")
+    t.add_argument("run_dir")
+    t.add_argument("text", nargs="?", default=None, help="the source (default: one per line of standard input)")
+    t.add_argument("--batch-size", type=int, default=64, help="sources decoded together (greedy and sampling)")
+    # n-best lines are source, score, output (tab-separated); by default as many tokens as the decoder holds
+    _decoding_options(t, temperature=0.0, max_new_tokens=1 << 30, what="outputs per source")
+    t.set_defaults(func=cmd_translate)
 
 
 def main(argv: list[str] | None = None) -> int:
