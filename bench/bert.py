@@ -8,10 +8,11 @@ import torch
 from tokenizers import Tokenizer, models
 
 from bench.common import Result, Settings, adamw, check_same_loss, prepared, time_interleaved, train_runner
-from minilm.config import PRESETS, ModelConfig
+from minilm.config import Config, presets
+from minilm.models.transformer.config import TransformerConfig
 from minilm.data.mlm import MaskingCollator
-from minilm.heads import MaskedLM
-from minilm.hf import bert as hf_bert
+from minilm.models.transformer.heads import MaskedLM
+from minilm.models.transformer import hf_bert as hf_bert
 from minilm.tokenizer import BERT_SPECIALS, CLS, SEP
 
 MLM_PROBABILITY = 0.15
@@ -27,9 +28,9 @@ class BertSize:
     vocab_size: int
     batch: int
 
-    def model_config(self) -> ModelConfig:
+    def model_config(self) -> TransformerConfig:
         # the bert-* preset (post-LN, embedding LayerNorm, segments, exact GELU) at this size; dropout 0 both sides
-        cfg = ModelConfig(**{**PRESETS[self.preset], "n_layer": self.n_layer, "n_head": self.n_head,
+        cfg = TransformerConfig(**{**presets()[self.preset], "n_layer": self.n_layer, "n_head": self.n_head,
                              "n_embd": self.n_embd, "block_size": self.block_size,
                              "vocab_size": self.vocab_size, "dropout": 0.0})
         cfg.validate()
@@ -76,14 +77,14 @@ def make_batches(n: int, size: BertSize, tok: Tokenizer, s: Settings) -> list[di
     return batches
 
 
-def matched_models(cfg: ModelConfig, tok: Tokenizer, s: Settings) -> tuple[MaskedLM, torch.nn.Module]:
+def matched_models(cfg: TransformerConfig, tok: Tokenizer, s: Settings) -> tuple[MaskedLM, torch.nn.Module]:
     """minilm's MaskedLM with a fresh init, and BertForPreTraining holding exactly those weights (minilm.hf's export)."""
     import transformers
 
     torch.manual_seed(s.seed)
     ours = MaskedLM(cfg)
-    hf_bert.check(cfg)
-    config, tensors = hf_bert.export(cfg, ours, tok)
+    hf_bert.check(Config(model=cfg))
+    config, tensors = hf_bert.export(Config(model=cfg), ours, tok)
     config = {k: v for k, v in config.items() if k not in ("model_type", "architectures")}
     theirs = transformers.BertForPreTraining(transformers.BertConfig(**config, attn_implementation="sdpa"))
     missing, unexpected = theirs.load_state_dict(tensors, strict=False)

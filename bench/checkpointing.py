@@ -19,12 +19,13 @@ import torch
 
 def _measure(checkpointing: bool, device: str, steps: int, layers: int, width: int, block: int, batch: int) -> dict:
     """One setting, in this process: median tokens/s of the timed steps and the peak memory in MiB."""
-    from minilm.config import ModelConfig, TrainConfig
-    from minilm.heads import CausalLM
+    from minilm.config import TrainConfig
+    from minilm.models.transformer.config import TransformerConfig
+    from minilm.models.transformer.heads import CausalLM
     from minilm.optim import make_optimizer
 
     torch.manual_seed(0)
-    cfg = ModelConfig(vocab_size=8192, block_size=block, n_layer=layers, n_head=width // 64, n_embd=width,
+    cfg = TransformerConfig(vocab_size=8192, block_size=block, n_layer=layers, n_head=width // 64, n_embd=width,
                       gradient_checkpointing=checkpointing)
     model = CausalLM(cfg).to(device).train()
     opt = make_optimizer(model, TrainConfig())

@@ -27,10 +27,12 @@ DATA = ROOT / "data" / "tinyshakespeare.txt"
 
 
 def train_command(data: Path, out_dir: Path, steps: int, save_every: int, *extra: str) -> list[str]:
-    """A tiny, fast, fully seeded character GPT (dropout on, so the RNG state matters for resume)."""
+    """A tiny, fast, fully seeded character GPT (dropout on, so the RNG state matters for resume); `extra` may make
+    it another model.arch (then without the Transformer's n_head)."""
+    heads = [] if any(e.startswith("model.arch=") for e in extra) else ["model.n_head=2"]
     return [
         sys.executable, "-m", "minilm.cli", "train", str(ROOT / "configs" / "gpt-char-tiny.yaml"),
-        f"data.train_files={data}", f"train.out_dir={out_dir}", "model.n_layer=2", "model.n_head=2",
+        f"data.train_files={data}", f"train.out_dir={out_dir}", "model.n_layer=2", *heads,
         "model.n_embd=64", "model.block_size=32", "model.dropout=0.1", "train.batch_size=16",
         f"train.max_steps={steps}", "train.warmup_steps=5", "train.lr=5e-3", "train.min_lr=5e-4",
         f"train.eval_interval={save_every}", "train.eval_batches=2", "log.log_interval=1", *extra,

@@ -10,11 +10,12 @@ from tokenizers import Tokenizer, models
 
 from bench.common import (Result, Settings, adamw, autocast, check_same_loss, prepared, time_interleaved,
                           train_runner)
-from minilm.config import ModelConfig
+from minilm.config import Config
+from minilm.models.transformer.config import TransformerConfig
 from minilm.generate import generate
-from minilm.heads import CausalLM
-from minilm.hf import gpt2 as hf_gpt2
-from minilm.model import count_params
+from minilm.models.transformer.heads import CausalLM
+from minilm.models.transformer import hf_gpt2 as hf_gpt2
+from minilm.models import count_params
 from minilm.report import device_peak_flops, training_flops
 
 PROMPT_TOKENS = 16
@@ -31,9 +32,9 @@ class GPTSize:
     batch: int
     new_tokens: int  # gpt-sample: tokens generated per repetition
 
-    def model_config(self, block_size: int | None = None) -> ModelConfig:
+    def model_config(self, block_size: int | None = None) -> TransformerConfig:
         # GPT-2's architecture (pre-LN, learned positions, tanh GELU, biases); dropout 0 so both are deterministic
-        cfg = ModelConfig(vocab_size=self.vocab_size, block_size=block_size or self.block_size, n_layer=self.n_layer,
+        cfg = TransformerConfig(vocab_size=self.vocab_size, block_size=block_size or self.block_size, n_layer=self.n_layer,
                           n_head=self.n_head, n_embd=self.n_embd, dropout=0.0)
         cfg.validate()
         return cfg
@@ -57,7 +58,7 @@ def _plain_tokenizer(vocab_size: int) -> Tokenizer:
     return Tokenizer(models.WordLevel({f"t{i}": i for i in range(vocab_size)}, unk_token="t0"))
 
 
-def matched_models(cfg: ModelConfig, s: Settings) -> tuple[CausalLM, torch.nn.Module]:
+def matched_models(cfg: TransformerConfig, s: Settings) -> tuple[CausalLM, torch.nn.Module]:
     """minilm's CausalLM with a fresh GPT-2 init, and GPT2LMHeadModel holding exactly those weights.
 
     The weights go through minilm.hf's own GPT-2 export (the mapping `minilm export` writes), in memory.
@@ -66,8 +67,8 @@ def matched_models(cfg: ModelConfig, s: Settings) -> tuple[CausalLM, torch.nn.Mo
 
     torch.manual_seed(s.seed)
     ours = CausalLM(cfg)
-    hf_gpt2.check(cfg)
-    config, tensors = hf_gpt2.export(cfg, ours, _plain_tokenizer(cfg.vocab_size))
+    hf_gpt2.check(Config(model=cfg))
+    config, tensors = hf_gpt2.export(Config(model=cfg), ours, _plain_tokenizer(cfg.vocab_size))
     config = {k: v for k, v in config.items() if k not in ("model_type", "architectures")}
     theirs = transformers.GPT2LMHeadModel(transformers.GPT2Config(**config, attn_implementation="sdpa"))
     missing, unexpected = theirs.load_state_dict(tensors, strict=False)

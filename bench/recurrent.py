@@ -13,7 +13,7 @@ import warnings
 
 import torch
 
-from minilm.recurrent import RecurrentLayer, sru_recurrence
+from minilm.models.recurrent.model import RecurrentLayer, sru_recurrence
 
 
 def _median_ms(fns: dict, repeats: int, warmup: int) -> dict[str, float]:

@@ -9,10 +9,11 @@ import torch
 from tokenizers import Tokenizer, models
 
 from bench.common import Result, Settings, check_same_loss, time_interleaved
-from minilm.config import ModelConfig
+from minilm.config import Config
+from minilm.models.transformer.config import TransformerConfig
 from minilm.generate import beam_search, generate
-from minilm.heads import Seq2Seq
-from minilm.hf import bart as hf_bart
+from minilm.models.transformer.heads import Seq2Seq
+from minilm.models.transformer import hf_bart as hf_bart
 
 END = 0  # the start / end token; never allowed to end a sequence early here, so both sides do the same work
 
@@ -29,9 +30,9 @@ class Seq2SeqSize:
     batch: int  # greedy: sources decoded together
     beam_sources: int  # beam search: sources decoded one after another
 
-    def model_config(self) -> ModelConfig:
+    def model_config(self) -> TransformerConfig:
         # configs/g2p-cmudict.yaml's architecture (post-LN, embedding LayerNorm, exact GELU), dropout 0
-        cfg = ModelConfig(vocab_size=self.vocab_size, block_size=self.new_tokens + 8, n_layer=self.n_layer,
+        cfg = TransformerConfig(vocab_size=self.vocab_size, block_size=self.new_tokens + 8, n_layer=self.n_layer,
                           encoder_layers=self.encoder_layers, n_head=self.n_head, n_embd=self.n_embd, dropout=0.0,
                           norm="post", embedding_norm=True, activation="gelu")
         cfg.validate()
@@ -52,15 +53,15 @@ def _size(s: Settings) -> Seq2SeqSize:
     return QUICK if s.quick else GPU if s.cuda else DEFAULT
 
 
-def matched_models(cfg: ModelConfig, s: Settings) -> tuple[Seq2Seq, torch.nn.Module]:
+def matched_models(cfg: TransformerConfig, s: Settings) -> tuple[Seq2Seq, torch.nn.Module]:
     import transformers
 
     torch.manual_seed(s.seed)
     ours = Seq2Seq(cfg)
     tok = Tokenizer(models.WordLevel({"<|endoftext|>": END, **{f"t{i}": i for i in range(1, cfg.vocab_size)}},
                                      unk_token="t1"))
-    hf_bart.check(cfg)
-    config, tensors = hf_bart.export(cfg, ours, tok)
+    hf_bart.check(Config(model=cfg))
+    config, tensors = hf_bart.export(Config(model=cfg), ours, tok)
     config = {k: v for k, v in config.items() if k not in ("model_type", "architectures")}
     theirs = transformers.BartForConditionalGeneration(transformers.BartConfig(**config, attn_implementation="sdpa"))
     missing, unexpected = theirs.load_state_dict(tensors, strict=False)

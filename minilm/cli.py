@@ -307,19 +307,18 @@ def cmd_presets(args: argparse.Namespace) -> int:
 
     import torch
 
-    from minilm.config import PRESETS, ModelConfig
-    from minilm.model import count_params
-    from minilm.tasks import get_task
+    from minilm.config import model_config_class, presets
+    from minilm.models import count_params, task_model
 
     print(f"{'preset':<18} {'layers':>6} {'heads':>5} {'width':>5} {'block':>5} {'params':>10}  {'vocab':>6}")
-    for name, values in PRESETS.items():
-        cfg = dataclasses.replace(ModelConfig(), **values)
-        # each family at its own vocabulary (GPT-2's BPE, BERT's WordPiece) unless --vocab says otherwise
-        cfg = dataclasses.replace(cfg, vocab_size=args.vocab or (50257 if cfg.causal else 30522))
+    for name, values in presets().items():
+        cfg = model_config_class(values["arch"])(**values)
+        # GPT at GPT-2's BPE vocabulary, BERT at BERT's WordPiece one, unless --vocab says otherwise
+        cfg = dataclasses.replace(cfg, vocab_size=args.vocab or (30522 if cfg.default_task() == "masked_lm" else 50257))
         with torch.device("meta"):  # count without allocating
-            n = count_params(get_task("causal_lm" if cfg.causal else "masked_lm").model(cfg))
-        print(f"{name:<18} {cfg.n_layer:>6} {cfg.n_head:>5} {cfg.n_embd:>5} {cfg.block_size:>5} {n / 1e6:>9.2f}M  "
-              f"{cfg.vocab_size:>6,}")
+            n = count_params(task_model(cfg, cfg.default_task()))
+        print(f"{name:<18} {cfg.n_layer:>6} {getattr(cfg, 'n_head', '-'):>5} {cfg.n_embd:>5} {cfg.block_size:>5} "
+              f"{n / 1e6:>9.2f}M  {cfg.vocab_size:>6,}")
     return 0
 
 

@@ -9,124 +9,109 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import sys
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import yaml
 
 from minilm.errors import ConfigError
 
 
-def _check(cond: bool, key: str, allowed: str, value: Any) -> None:
+def check_field(cond: bool, key: str, allowed: str, value: Any) -> None:
     if not cond:
         raise ConfigError(f"{key}={value!r} is not allowed: {allowed}")
 
 
 POOLINGS = ("cls", "mean", "last", "max")
-ARCHS = ("transformer", "rnn", "lstm", "gru", "sru")
 
 
 @dataclass
 class ModelConfig:
-    """The shared Transformer stack. GPT and BERT differ only in these switches and their heads."""
+    """What every model family shares. `arch` picks the family (and the cell within it); each family's own settings
+    live in its subclass, in its package under minilm/models/, and are refused on a model of another family."""
 
-    preset: str | None = None  # a name from PRESETS; its values sit under anything set explicitly
-    # the model family: "transformer", or a recurrent stack of "rnn" (Elman, tanh), "lstm", "gru" or "sru"
-    # (n_layer layers of hidden_size, dropout between them; n_head, block positions and norms do not apply)
-    arch: str = "transformer"
+    preset: str | None = None  # a name from a family's presets; its values sit under anything set explicitly
+    arch: str = "transformer"  # the family: "transformer", or a recurrent stack of "rnn", "lstm", "gru" or "sru"
     vocab_size: int = 0  # 0: take it from the tokenizer
-    block_size: int = 256  # context length = size of the position table
+    # the longest sequence read in one piece: a Transformer's position table; the training block of the others
+    block_size: int = 256
     n_layer: int = 4
-    n_head: int = 4
-    n_embd: int = 128
-    d_ff: int = 0  # MLP width; 0 means 4 * n_embd
+    n_embd: int = 128  # the token embedding's width
     dropout: float = 0.0
-    bias: bool = True  # biases in Linear and LayerNorm layers
-    norm: str = "pre"  # "pre": GPT-2 (final LayerNorm after the blocks); "post": original Transformer / BERT
-    norm_eps: float = 1e-5
-    embedding_norm: bool = False  # LayerNorm right after the embeddings (BERT)
-    position: str = "learned"  # "learned" table or the original Transformer's "sinusoidal" one
-    # start a learned table from the sinusoidal one (at the token embeddings' scale): attention can tell near
-    # from far positions from step 0, which shortens a masked LM's unigram plateau; still a plain learned table
-    position_init: str = "random"
-    causal: bool = True  # causal (decoder) or bidirectional (encoder) attention
-    type_vocab_size: int = 0  # segment embeddings (BERT uses 2); 0 disables them
-    activation: str = "gelu_tanh"  # GPT-2 uses the tanh approximation, BERT the exact "gelu"
-    init_from: str | None = None  # a minilm run directory or a local Hugging Face GPT-2/BERT folder
-    gradient_checkpointing: bool = False  # recompute block activations in backward to save memory
-    num_labels: int = 0  # > 0: a sequence classifier over the stack (set by fine-tuning from the labels)
-    classifier_dropout: float = 0.1
-    # what a classifier reads (filled in from classify.pooling): "cls" (BERT's pooled [CLS]), "mean" (of the real
-    # tokens, as sentence-transformers pools), "max" or "last" (the last real token, GPT's); "": the model's own
-    pooling: str = ""
-    # > 0: an encoder-decoder (the original Transformer): an encoder of this many bidirectional Blocks, and the
-    # n_layer causal Blocks as the decoder, each with cross-attention over the encoder's output (train.task=seq2seq)
+    # > 0: an encoder-decoder (train.task=seq2seq): an encoder of this many layers reads the source, and the
+    # n_layer layers decode the target, reading the encoder's output
     encoder_layers: int = 0
     share_embeddings: bool = True  # encoder-decoder: the encoder reads the decoder's token table (one vocabulary)
-    label_smoothing: float = 0.0  # training loss of the LM and seq2seq tasks (the original Transformer used 0.1)
-    # recurrent stacks (model.arch != transformer):
-    hidden_size: int = 0  # the state's width; 0: n_embd
-    bidirectional: bool = False  # a second direction reading right to left (encoders and classifiers, not LMs)
-    residual: bool = False  # x + layer(x) between stacked layers (where the widths agree)
-    # a recurrent encoder-decoder's attention score between a decoder state and the encoder states: "dot"
-    # (Luong's general score, h W e) or "additive" (Bahdanau's, v . tanh(W h + U e))
-    attention: str = "dot"
+    init_from: str | None = None  # a minilm run directory or a local Hugging Face GPT-2/BERT/BART folder
 
-    @property
-    def ffn_dim(self) -> int:
-        return self.d_ff or 4 * self.n_embd
-
-    @property
-    def recurrent(self) -> bool:
-        return self.arch != "transformer"
-
-    @property
-    def rnn_hidden(self) -> int:
-        return self.hidden_size or self.n_embd
+    family: ClassVar[str] = ""  # the family's name, set by each subclass
 
     def validate(self) -> None:
-        for name in ("block_size", "n_layer", "n_head", "n_embd"):
-            _check(getattr(self, name) > 0, f"model.{name}", "a positive integer", getattr(self, name))
-        _check(self.vocab_size >= 0, "model.vocab_size", "0 (from the tokenizer) or a positive integer", self.vocab_size)
-        _check(self.d_ff >= 0, "model.d_ff", "0 (4 * n_embd) or a positive integer", self.d_ff)
-        _check(self.type_vocab_size >= 0, "model.type_vocab_size", "0 or a positive integer", self.type_vocab_size)
-        _check(0.0 <= self.dropout < 1.0, "model.dropout", "a number in [0, 1)", self.dropout)
-        _check(0.0 <= self.classifier_dropout < 1.0, "model.classifier_dropout", "a number in [0, 1)", self.classifier_dropout)
-        _check(self.num_labels >= 0, "model.num_labels", "0 or a positive integer", self.num_labels)
-        _check(self.encoder_layers >= 0, "model.encoder_layers", "0 (no encoder) or a positive integer",
+        for name in ("block_size", "n_layer", "n_embd"):
+            check_field(getattr(self, name) > 0, f"model.{name}", "a positive integer", getattr(self, name))
+        check_field(self.vocab_size >= 0, "model.vocab_size", "0 (from the tokenizer) or a positive integer", self.vocab_size)
+        check_field(0.0 <= self.dropout < 1.0, "model.dropout", "a number in [0, 1)", self.dropout)
+        check_field(self.encoder_layers >= 0, "model.encoder_layers", "0 (no encoder) or a positive integer",
                self.encoder_layers)
-        _check(0.0 <= self.label_smoothing < 1.0, "model.label_smoothing", "a number in [0, 1)", self.label_smoothing)
-        if self.encoder_layers and not self.causal:
-            raise ConfigError("model.encoder_layers > 0 builds an encoder-decoder, whose decoder is causal: set "
-                              "model.causal=true (the encoder is bidirectional by itself)")
-        _check(self.norm_eps > 0, "model.norm_eps", "a positive number", self.norm_eps)
-        _check(self.norm in ("pre", "post"), "model.norm", "'pre' or 'post'", self.norm)
-        _check(self.position in ("learned", "sinusoidal"), "model.position", "'learned' or 'sinusoidal'", self.position)
-        _check(self.position_init in ("random", "sinusoidal"), "model.position_init", "'random' or 'sinusoidal'",
-               self.position_init)
-        _check(self.activation in ("gelu_tanh", "gelu"), "model.activation", "'gelu_tanh' or 'gelu'", self.activation)
-        _check(self.pooling in POOLINGS + ("",), "model.pooling", "'cls', 'mean', 'last', 'max' or '' (the model's own)",
-               self.pooling)
-        _check(self.arch in ARCHS, "model.arch", "'transformer', 'rnn', 'lstm', 'gru' or 'sru'", self.arch)
-        _check(self.hidden_size >= 0, "model.hidden_size", "0 (n_embd) or a positive integer", self.hidden_size)
-        if self.recurrent and self.pooling == "cls":
-            raise ConfigError(f"classify.pooling=cls reads a [CLS] pooler, which a model.arch={self.arch} stack has not: "
-                              "use classify.pooling=last, mean or max")
-        if not self.recurrent and (self.bidirectional or self.residual or self.hidden_size):
-            raise ConfigError("model.bidirectional, model.residual and model.hidden_size are for recurrent stacks "
-                              "(model.arch=rnn, lstm, gru or sru); a Transformer reads both ways with model.causal=false")
-        _check(self.attention in ("dot", "additive"), "model.attention", "'dot' or 'additive'", self.attention)
-        if self.pooling == "cls" and self.causal:
-            raise ConfigError("classify.pooling=cls reads the first token, which a causal (GPT) model cannot let see "
-                              "the others: use classify.pooling=last or mean")
-        if self.n_embd % self.n_head:
-            raise ConfigError(
-                f"model.n_embd={self.n_embd} is not divisible by model.n_head={self.n_head}: "
-                "choose n_embd as a multiple of n_head"
-            )
+
+    def check(self, cfg: Config) -> None:
+        """What this model needs of the other sections (a family adds its own checks)."""
+
+    def default_task(self) -> str:
+        """The task a config that names none trains: the model's own pretraining."""
+        return "seq2seq" if self.encoder_layers else "causal_lm"
+
+    def default_pooling(self) -> str:
+        """What a classifier over this model reads unless classify.pooling says otherwise."""
+        return "last"
+
+    def describe(self) -> str:
+        """The model in a few words, for `minilm info`."""
+        layers = f"{self.encoder_layers} + {self.n_layer}" if self.encoder_layers else f"{self.n_layer}"
+        return f"a {self.arch} stack, {layers} layers x {self.n_embd} wide"
+
+
+# model.arch -> its family's config class, and the families' named presets: filled by each family when
+# minilm.models is imported (families import this module, never the other way round)
+MODEL_CONFIGS: dict[str, type[ModelConfig]] = {}
+_PRESETS: dict[str, dict[str, Any]] = {}  # name -> a model section (with its arch)
+
+
+def _families() -> None:
+    """Load the model families, which register here: once, on the first need of a model section (not at import,
+    so that the command line's --help does not wait for torch)."""
+    import minilm.models  # noqa: F401
+
+
+def presets() -> dict[str, dict[str, Any]]:
+    """The named model sections of every family."""
+    _families()
+    return _PRESETS
+
+
+def register_model_config(cls: type[ModelConfig], archs: tuple[str, ...],
+                          presets: dict[str, dict[str, Any]] | None = None) -> None:
+    for arch in archs:
+        MODEL_CONFIGS[arch] = cls
+    for name, values in (presets or {}).items():
+        _PRESETS[name] = {"arch": archs[0], **values}
+
+
+def model_config_class(arch: Any) -> type[ModelConfig]:
+    _families()
+    if arch not in MODEL_CONFIGS:
+        raise ConfigError(f"model.arch={arch!r} is not allowed: choose one of {', '.join(map(repr, MODEL_CONFIGS))}")
+    return MODEL_CONFIGS[arch]
+
+
+def model_field_owner(key: str) -> str | None:
+    """The family whose config has the field `key` (for naming it when it is set on another)."""
+    return next((cls.family for cls in MODEL_CONFIGS.values() if key in {f.name for f in dataclasses.fields(cls)}),
+                None)
 
 
 @dataclass
@@ -140,10 +125,10 @@ class TokenizerConfig:
     sample_bytes: int = 50_000_000  # train the tokenizer on at most this much text
 
     def validate(self) -> None:
-        _check(self.kind in ("char", "word", "bpe", "wordpiece"), "tokenizer.kind", "'char', 'word', 'bpe' or 'wordpiece'",
+        check_field(self.kind in ("char", "word", "bpe", "wordpiece"), "tokenizer.kind", "'char', 'word', 'bpe' or 'wordpiece'",
                self.kind)
-        _check(self.vocab_size > 0, "tokenizer.vocab_size", "a positive integer", self.vocab_size)
-        _check(self.sample_bytes > 0, "tokenizer.sample_bytes", "a positive integer", self.sample_bytes)
+        check_field(self.vocab_size > 0, "tokenizer.vocab_size", "a positive integer", self.vocab_size)
+        check_field(self.sample_bytes > 0, "tokenizer.sample_bytes", "a positive integer", self.sample_bytes)
 
 
 @dataclass
@@ -153,8 +138,6 @@ class DataConfig:
     val_fraction: float = 0.1
     dataset: str | None = None  # a Hugging Face hub dataset name (needs a network)
     text_column: str = "text"  # the text (for classification: the first text of each example)
-    # read so that older configs load, not used: prepare encodes with the tokenizer's own threads
-    num_proc: int = 1
     # Pretraining text is tokenized once into memory-mapped token shards (`minilm prepare`, or the first
     # `minilm train`), kept here; None: a folder under $MINILM_CACHE (default ~/.cache/minilm) named after
     # the sources and the tokenizer settings
@@ -170,12 +153,11 @@ class DataConfig:
     short_seq_prob: float = 0.1  # share of NSP examples built shorter than the block, as BERT's data builder does
 
     def validate(self) -> None:
-        _check(0.0 < self.mlm_probability < 1.0, "data.mlm_probability", "a number strictly between 0 and 1", self.mlm_probability)
-        _check(0.0 <= self.short_seq_prob <= 1.0, "data.short_seq_prob", "a number in [0, 1]", self.short_seq_prob)
-        _check(0.0 < self.val_fraction < 1.0, "data.val_fraction", "a number strictly between 0 and 1", self.val_fraction)
-        _check(self.num_proc > 0, "data.num_proc", "a positive integer", self.num_proc)
-        _check(self.val_tokens >= 0, "data.val_tokens", "0 (all) or a positive integer", self.val_tokens)
-        _check(not self.streaming or self.val_tokens > 0, "data.val_tokens",
+        check_field(0.0 < self.mlm_probability < 1.0, "data.mlm_probability", "a number strictly between 0 and 1", self.mlm_probability)
+        check_field(0.0 <= self.short_seq_prob <= 1.0, "data.short_seq_prob", "a number in [0, 1]", self.short_seq_prob)
+        check_field(0.0 < self.val_fraction < 1.0, "data.val_fraction", "a number strictly between 0 and 1", self.val_fraction)
+        check_field(self.val_tokens >= 0, "data.val_tokens", "0 (all) or a positive integer", self.val_tokens)
+        check_field(not self.streaming or self.val_tokens > 0, "data.val_tokens",
                "a positive number of tokens with data.streaming=true (a stream has no end to read to)", self.val_tokens)
         if not self.train_files and not self.dataset:
             raise ConfigError("data.train_files is empty: name the training files (or set data.dataset)")
@@ -194,10 +176,12 @@ class ClassifyConfig:
     # model.init_from pools by (a sentence-transformers folder says), else cls for BERT and last for GPT and
     # recurrent stacks
     pooling: str | None = None
+    dropout: float = 0.1  # before the classifier's linear layer
 
     def validate(self) -> None:
-        _check(self.padding_side in ("left", "right"), "classify.padding_side", "'left' or 'right'", self.padding_side)
-        _check(self.pooling in POOLINGS + (None,), "classify.pooling", "'cls', 'mean', 'last' or 'max'", self.pooling)
+        check_field(self.padding_side in ("left", "right"), "classify.padding_side", "'left' or 'right'", self.padding_side)
+        check_field(0.0 <= self.dropout < 1.0, "classify.dropout", "a number in [0, 1)", self.dropout)
+        check_field(self.pooling in POOLINGS + (None,), "classify.pooling", "'cls', 'mean', 'last' or 'max'", self.pooling)
 
 
 @dataclass
@@ -216,9 +200,9 @@ class Seq2SeqConfig:
     decode_examples: int = 500
 
     def validate(self) -> None:
-        _check(bool(self.source_column) and bool(self.target_column), "seq2seq.source_column/target_column",
+        check_field(bool(self.source_column) and bool(self.target_column), "seq2seq.source_column/target_column",
                "column names", (self.source_column, self.target_column))
-        _check(self.decode_examples >= 0, "seq2seq.decode_examples", "0 or a positive integer", self.decode_examples)
+        check_field(self.decode_examples >= 0, "seq2seq.decode_examples", "0 or a positive integer", self.decode_examples)
 
 
 @dataclass
@@ -257,27 +241,30 @@ class TrainConfig:
     # contiguous lanes per process, walked in order, and each block starts from the state (detached) the
     # previous block ended with; false: independent blocks in a seeded order, each from a zero state
     tbptt: bool = False
+    label_smoothing: float = 0.0  # training loss of the LM and seq2seq tasks (the original Transformer used 0.1)
+    gradient_checkpointing: bool = False  # recompute each layer's activations in backward to save memory
 
     def validate(self) -> None:
         for name in ("batch_size", "grad_accum", "max_steps", "eval_interval"):
-            _check(getattr(self, name) > 0, f"train.{name}", "a positive integer", getattr(self, name))
-        _check(self.best_metric is None or self.best_metric.startswith("val_"), "train.best_metric",
+            check_field(getattr(self, name) > 0, f"train.{name}", "a positive integer", getattr(self, name))
+        check_field(self.best_metric is None or self.best_metric.startswith("val_"), "train.best_metric",
                "a validation metric such as 'val_accuracy', 'val_f1', 'val_mcc' or 'val_loss'", self.best_metric)
-        _check(not self.early_stopping or self.best_metric, "train.early_stopping", "only with train.best_metric set",
+        check_field(not self.early_stopping or self.best_metric, "train.early_stopping", "only with train.best_metric set",
                self.early_stopping)
         for name in ("warmup_steps", "eval_batches", "threads", "epochs", "early_stopping", "max_skipped_steps",
                      "save_interval"):
-            _check(getattr(self, name) >= 0, f"train.{name}", "zero or a positive integer", getattr(self, name))
-        _check(self.lr > 0, "train.lr", "a positive number", self.lr)
-        _check(0 <= self.min_lr <= self.lr, "train.min_lr", f"a number between 0 and train.lr={self.lr}", self.min_lr)
-        _check(self.weight_decay >= 0, "train.weight_decay", "zero or a positive number", self.weight_decay)
-        _check(0 <= self.beta1 < 1 and 0 <= self.beta2 < 1, "train.beta1/beta2", "numbers in [0, 1)", (self.beta1, self.beta2))
-        _check(self.grad_clip >= 0, "train.grad_clip", "zero (off) or a positive number", self.grad_clip)
-        _check(
+            check_field(getattr(self, name) >= 0, f"train.{name}", "zero or a positive integer", getattr(self, name))
+        check_field(self.lr > 0, "train.lr", "a positive number", self.lr)
+        check_field(0 <= self.min_lr <= self.lr, "train.min_lr", f"a number between 0 and train.lr={self.lr}", self.min_lr)
+        check_field(self.weight_decay >= 0, "train.weight_decay", "zero or a positive number", self.weight_decay)
+        check_field(0 <= self.beta1 < 1 and 0 <= self.beta2 < 1, "train.beta1/beta2", "numbers in [0, 1)", (self.beta1, self.beta2))
+        check_field(self.grad_clip >= 0, "train.grad_clip", "zero (off) or a positive number", self.grad_clip)
+        check_field(
             self.mixed_precision in ("auto", "no", "bf16", "fp16"),
             "train.mixed_precision", "'auto', 'no', 'bf16' or 'fp16'", self.mixed_precision,
         )
-        _check(bool(self.out_dir), "train.out_dir", "a directory path", self.out_dir)
+        check_field(bool(self.out_dir), "train.out_dir", "a directory path", self.out_dir)
+        check_field(0.0 <= self.label_smoothing < 1.0, "train.label_smoothing", "a number in [0, 1)", self.label_smoothing)
 
 
 @dataclass
@@ -289,8 +276,8 @@ class LogConfig:
     tensorboard: bool = False  # also log to TensorBoard, in RUN_DIR/tensorboard (needs the tensorboard package)
 
     def validate(self) -> None:
-        _check(self.wandb in ("online", "offline", "disabled"), "log.wandb", "'online', 'offline' or 'disabled'", self.wandb)
-        _check(self.log_interval > 0, "log.log_interval", "a positive integer", self.log_interval)
+        check_field(self.wandb in ("online", "offline", "disabled"), "log.wandb", "'online', 'offline' or 'disabled'", self.wandb)
+        check_field(self.log_interval > 0, "log.log_interval", "a positive integer", self.log_interval)
 
 
 @dataclass
@@ -306,17 +293,13 @@ class Config:
     def validate(self) -> None:
         for section in SECTIONS:
             getattr(self, section).validate()
-        if not (self.model.causal or self.tokenizer.kind == "wordpiece" or self.tokenizer.path or self.model.init_from):
-            raise ConfigError(f"tokenizer.kind={self.tokenizer.kind!r} cannot build BERT inputs ([CLS], [SEP], [MASK]): "
-                              "set tokenizer.kind=wordpiece for a bidirectional model")
         if self.data.streaming and self.train.epochs:
             raise ConfigError("train.epochs needs the data's length, which a stream does not have: set train.max_steps "
                               "instead, or data.streaming=false")
-        if self.train.tbptt and not (self.model.recurrent and self.train.task == "causal_lm" and not self.data.streaming):
+        if self.train.tbptt and (self.train.task != "causal_lm" or self.data.streaming):
             raise ConfigError("train.tbptt carries a recurrent LM's state from block to block: it needs "
-                              "train.task=causal_lm, a recurrent model.arch (rnn, lstm, gru or sru) and data.streaming=false")
-        if self.model.causal and self.model.type_vocab_size:
-            raise ConfigError("model.type_vocab_size is for bidirectional (BERT) models: set it to 0 or model.causal=false")
+                              "train.task=causal_lm and data.streaming=false")
+        self.model.check(self)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -324,31 +307,8 @@ class Config:
 
 SECTIONS = [f.name for f in dataclasses.fields(Config)]
 
-# Named architectures. Parameter counts (with GPT-2's 50,257-token vocabulary unless noted) come
-# from `minilm presets`, which builds each model and counts.
-PRESETS: dict[str, dict[str, Any]] = {
-    # A few seconds per hundred steps on a laptop CPU; for smoke tests and the embedded default.
-    "gpt-tiny": dict(n_layer=2, n_head=2, n_embd=64, block_size=64),
-    # nanoGPT's config/train_shakespeare_char.py (10.7M parameters at a 65-character vocabulary).
-    "shakespeare-char": dict(n_layer=6, n_head=6, n_embd=384, block_size=256, dropout=0.2, bias=False),
-    "gpt2-small": dict(n_layer=12, n_head=12, n_embd=768, block_size=1024),  # 124M
-    "gpt2-medium": dict(n_layer=24, n_head=16, n_embd=1024, block_size=1024),  # 355M
-}
-# BERT: bidirectional, post-LN with an embedding LayerNorm, segment embeddings, exact GELU (Devlin et al.; the
-# small sizes are Turc et al. 2019). Counts at BERT's 30,522-token vocabulary, with pooler and MLM/NSP heads.
-BERT_ARCH = dict(block_size=512, causal=False, norm="post", norm_eps=1e-12, embedding_norm=True, type_vocab_size=2,
-             activation="gelu")
-PRESETS.update({
-    "bert-tiny": dict(BERT_ARCH, n_layer=2, n_head=2, n_embd=128),  # 4.4M
-    "bert-mini": dict(BERT_ARCH, n_layer=4, n_head=4, n_embd=256),  # 11.3M
-    "bert-small": dict(BERT_ARCH, n_layer=4, n_head=8, n_embd=512),  # 29.1M
-    "bert-medium": dict(BERT_ARCH, n_layer=8, n_head=8, n_embd=512),  # 41.7M
-    "bert-base": dict(BERT_ARCH, n_layer=12, n_head=12, n_embd=768),  # 110.1M
-})
-
-
 def preset_names() -> list[str]:
-    return sorted(PRESETS)
+    return sorted(presets())
 
 
 # ---------------------------------------------------------------------------------------------
@@ -415,31 +375,77 @@ def _deep_merge(base: dict, extra: dict) -> dict:
     return out
 
 
-def config_from_dict(raw: dict, config_cls: type = Config) -> Config:
+# model keys of earlier versions that now live elsewhere -> where (a config.json written then is upgraded by
+# upgrade_saved; a YAML file that still sets one is told where it went)
+MOVED = {"pooling": "classify.pooling", "classifier_dropout": "classify.dropout",
+         "label_smoothing": "train.label_smoothing", "gradient_checkpointing": "train.gradient_checkpointing",
+         "num_labels": "classify.labels (their number)"}
+
+
+def _model_section(values: dict) -> ModelConfig:
+    """The model section as its family's config class, chosen by model.arch (a preset's values underneath)."""
+    preset = values.get("preset")
+    if preset is not None:
+        if preset not in presets():
+            raise ConfigError(f"unknown model.preset {preset!r}; choose one of: {', '.join(preset_names())}")
+        arch = presets()[preset]["arch"]
+        if values.get("arch", arch) != arch:
+            raise ConfigError(f"model.preset={preset} is a model.arch={arch} preset, not {values['arch']}: drop one")
+        values = {**presets()[preset], **values}
+    cls = model_config_class(values.get("arch", ModelConfig.arch))
+    names = {f.name for f in dataclasses.fields(cls)}
+    for key in values:
+        if key in MOVED:
+            raise ConfigError(f"model.{key} is now {MOVED[key]}: set that instead")
+        owner = model_field_owner(key)
+        if key not in names and owner is not None:
+            raise ConfigError(f"model.{key} is a setting of {owner} models, and model.arch={values.get('arch', cls.arch)} "
+                              f"is a {cls.family} model: drop it (or choose a {owner} model.arch)")
+    return _build_section("model", cls, values)
+
+
+def config_from_dict(raw: dict) -> Config:
     """Build and validate a config from nested dicts (`{"model": {...}, "train": {...}}`)."""
     if not isinstance(raw, dict):
         raise ConfigError(f"a config must be a mapping of sections, got {type(raw).__name__}")
-    hints = typing.get_type_hints(config_cls)
-    sections = [f.name for f in dataclasses.fields(config_cls)]
+    hints = typing.get_type_hints(Config)
     for name, values in raw.items():
-        if name not in sections:
-            raise ConfigError(f"unknown section {name!r}; valid sections: {', '.join(sections)}")
+        if name not in SECTIONS:
+            raise ConfigError(f"unknown section {name!r}; valid sections: {', '.join(SECTIONS)}")
         if values is not None and not isinstance(values, dict):
             raise ConfigError(f"section {name!r} must be a mapping of keys, got {values!r}")
-    model_raw = dict(raw.get("model") or {})
-    preset = model_raw.get("preset")
-    if preset is not None:
-        if preset not in PRESETS:
-            raise ConfigError(f"unknown model.preset {preset!r}; choose one of: {', '.join(preset_names())}")
-        model_raw = {**PRESETS[preset], **model_raw}
-    raw = {**raw, "model": model_raw}
-    built = {name: _build_section(name, hints[name], raw.get(name) or {}) for name in sections}
-    if config_cls is Config and built["train"].task in (None, "pretrain"):
-        task = "seq2seq" if built["model"].encoder_layers else "causal_lm" if built["model"].causal else "masked_lm"
-        built["train"] = dataclasses.replace(built["train"], task=task)
-    cfg = config_cls(**built)
+    built = {name: _build_section(name, hints[name], raw.get(name) or {}) for name in SECTIONS if name != "model"}
+    built["model"] = _model_section(dict(raw.get("model") or {}))
+    if built["train"].task in (None, "pretrain"):
+        built["train"] = dataclasses.replace(built["train"], task=built["model"].default_task())
+    cfg = Config(**built)
     cfg.validate()
     return cfg
+
+
+def upgrade_saved(raw: dict) -> dict:
+    """A run's config.json as this version reads it. Those written before model families had their own settings
+    hold every field of every family, and the classifier's and training settings that have since moved: each
+    goes where it lives now, and the fields of other families (ignored by the model then) are dropped."""
+    model = raw.get("model")
+    if not isinstance(model, dict) or "num_labels" not in model:  # written by this version
+        return raw
+    model, out = dict(model), {k: dict(v) if isinstance(v, dict) else v for k, v in raw.items()}
+    classify, train = out.setdefault("classify", {}), out.setdefault("train", {})
+    classify.setdefault("dropout", model.pop("classifier_dropout", 0.1))
+    train.setdefault("label_smoothing", model.pop("label_smoothing", 0.0))
+    train.setdefault("gradient_checkpointing", model.pop("gradient_checkpointing", False))
+    pooling = model.pop("pooling", "")
+    if classify.get("pooling") is None and pooling:
+        classify["pooling"] = pooling
+    model.pop("num_labels", None)
+    out.get("data", {}).pop("num_proc", None)
+    arch = model.get("arch", ModelConfig.arch)
+    names = {f.name for f in dataclasses.fields(model_config_class(arch))}
+    if presets().get(model.get("preset"), {}).get("arch", arch) != arch:
+        names.discard("preset")  # another family's preset, whose values were all written out
+    out["model"] = {k: v for k, v in model.items() if k in names}
+    return out
 
 
 def parse_overrides(overrides: list[str]) -> dict:
@@ -474,15 +480,39 @@ def read_yaml(path: str | Path) -> dict:
     return raw or {}
 
 
-def load_config(path: str | Path | None, overrides: list[str] = (), config_cls: type = Config) -> Config:
+def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:
     raw = read_yaml(path) if path is not None else {}
     if not isinstance(raw, dict):
         raise ConfigError(f"config file {str(path)!r} must hold a mapping of sections (model:, train:, ...)")
+    raw = upgrade_saved(raw)  # a run's config.json written by an earlier version (the documented resume command)
     given = parse_overrides(list(overrides))
     # train.epochs sets max_steps; a max_steps given on the command line means this many steps, so it wins
     # over the file's epochs (a 30-step try of a fine-tuning config stays 30 steps)
     file_train, cli_train = raw.get("train") or {}, given.get("train", {})
     if isinstance(file_train, dict) and file_train.get("epochs") and "max_steps" in cli_train and "epochs" not in cli_train:
         given["train"]["epochs"] = 0
-    return config_from_dict(_deep_merge(raw, given), config_cls)
+    if isinstance(raw.get("model"), dict) and "arch" in given.get("model", {}):
+        raw = {**raw, "model": _for_arch(raw["model"], given["model"]["arch"], str(path))}
+    return config_from_dict(_deep_merge(raw, given))
+
+
+def _for_arch(model: dict, arch: Any, path: str) -> dict:
+    """A file's model section when the command line switches model.arch to another family: its preset's and its own
+    shared settings (depth, width, block, dropout) stay; those of the file's family are dropped, with a note."""
+    _families()
+    if arch not in MODEL_CONFIGS or model_config_class(arch) is _section_class(model):
+        return model  # the same family (or an unknown arch, refused by name later)
+    preset = presets().get(model.get("preset"), {})
+    values = {k: v for k, v in {**preset, **model}.items() if k not in ("preset", "arch")}
+    names = {f.name for f in dataclasses.fields(model_config_class(arch))}
+    dropped = [k for k in values if k not in names and model_field_owner(k) is not None]
+    if dropped:
+        print(f"minilm: note: model.arch={arch} leaves out {path}'s {', '.join(f'model.{k}' for k in dropped)} "
+              f"({_section_class(model).family} settings)", file=sys.stderr)
+    return {k: v for k, v in values.items() if k not in dropped}
+
+
+def _section_class(model: dict) -> type[ModelConfig] | None:
+    arch = model.get("arch", presets().get(model.get("preset"), {}).get("arch", ModelConfig.arch))
+    return MODEL_CONFIGS.get(arch)
 

@@ -1,7 +1,8 @@
 """Evaluation: run a task model over a loader and turn what its head reports into metrics.
 
 A head reports `Sums` (per-example totals and counts, averaged over the whole set here) and, for classifiers,
-(predictions, targets), which become accuracy, F1, macro-F1, MCC and a confusion matrix. Seq2seq runs are also
+(predictions, targets), which become accuracy, F1, macro-F1, MCC and a confusion matrix; targets equal to IGNORE
+(a token that carries no label) are left out, so a task that labels every token reuses them. Seq2seq runs are also
 scored on what they decode (`decoded_metrics`), not only on the teacher-forced loss.
 """
 
@@ -16,7 +17,8 @@ from accelerate import Accelerator
 
 from minilm.data.seq2seq import References
 from minilm.generate import translate
-from minilm.heads import TaskOutput
+from minilm.data.batch import IGNORE
+from minilm.models.outputs import TaskOutput
 from minilm.metrics import classification_metrics, confusion, error_rates, sequence_errors
 
 
@@ -36,6 +38,7 @@ class Accumulator:
         self.counts: dict[str, float] = {}
         self.preds: list[torch.Tensor] = []
         self.targets: list[torch.Tensor] = []
+        self.num_labels = 0  # the classes predictions are counted over: the width of the head's logits
 
     def _gather(self, t: torch.Tensor) -> torch.Tensor:
         return self.accelerator.gather_for_metrics(t.detach())
@@ -45,17 +48,19 @@ class Accumulator:
             self.totals[name] = self.totals.get(name, 0.0) + self._gather(s.total).float().sum().item()
             self.counts[name] = self.counts.get(name, 0.0) + self._gather(s.count).float().sum().item()
         if out.predictions is not None:
-            preds, targets = out.predictions
-            self.preds.append(self._gather(preds).cpu())
-            self.targets.append(self._gather(targets).cpu())
+            preds, targets = (self._gather(t).cpu().flatten() for t in out.predictions)
+            labelled = targets != IGNORE
+            self.preds.append(preds[labelled])
+            self.targets.append(targets[labelled])
+            self.num_labels = out.logits.size(-1)
 
-    def result(self, num_labels: int, perplexity: bool) -> Evaluation:
+    def result(self, perplexity: bool) -> Evaluation:
         values = {k: self.totals[k] / max(self.counts[k], 1.0) for k in self.totals}
         matrix = None
         if self.preds:
             preds, targets = torch.cat(self.preds).numpy(), torch.cat(self.targets).numpy()
-            values.update(classification_metrics(preds, targets, num_labels))
-            matrix = confusion(preds, targets, num_labels)
+            values.update(classification_metrics(preds, targets, self.num_labels))
+            matrix = confusion(preds, targets, self.num_labels)
         if perplexity and "loss" in values:
             values["ppl"] = math.exp(min(values["loss"], 50.0))
         return Evaluation({f"val_{k}": v for k, v in values.items()}, matrix)
@@ -75,7 +80,7 @@ def evaluate(model: torch.nn.Module, loader, accelerator: Accelerator, max_batch
             break
         acc.add(model(**batch))
     model.train()
-    return acc.result(accelerator.unwrap_model(model).cfg.num_labels, perplexity)
+    return acc.result(perplexity)
 
 
 def decoded_metrics(model: torch.nn.Module, refs: References, accelerator: Accelerator, limit: int = 0,

@@ -1,5 +1,6 @@
-"""Decoding a causal LM or a seq2seq model: sampling (greedy, temperature, top-k, top-p) and beam search, with a
-KV cache (and, for seq2seq, the encoder run once per source)."""
+"""Decoding a language model or a seq2seq model of any family: sampling (greedy, temperature, top-k, top-p) and
+beam search. Each family decodes through the Decoder protocol (minilm/models/family.py): a Transformer with its
+KV cache, a recurrent stack with its state, an encoder-decoder with its encoder run once per source."""
 
 from __future__ import annotations
 
@@ -8,12 +9,7 @@ from dataclasses import dataclass
 
 import torch
 
-from minilm.heads import CausalLM, Seq2Seq
-from minilm.model import KVCache
-from minilm.recurrent import reorder_state
-from minilm.recurrent_heads import RecurrentLM, RecurrentSeq2Seq
-
-Decodable = CausalLM | RecurrentLM | Seq2Seq | RecurrentSeq2Seq  # what generate and beam_search decode
+from minilm.models import decoder
 
 
 def filter_logits(logits: torch.Tensor, top_k: int | None = None, top_p: float | None = None) -> torch.Tensor:
@@ -45,70 +41,8 @@ def sample_next(logits: torch.Tensor, temperature: float = 1.0, top_k: int | Non
     return torch.multinomial(torch.softmax(logits, dim=-1), 1, generator=generator).squeeze(-1)
 
 
-class Steps:
-    """Next-token logits for the rows being decoded, (rows, V), from their sequences so far: a causal LM over
-    its last block_size tokens (the window slides), or a seq2seq decoder over the encoder output of its
-    source, computed once here. With the cache a step feeds only the newest token: a Transformer keeps its
-    keys and values, a recurrent model its state (one cell update per token; no positions, no window)."""
-
-    def __init__(self, model: Decodable, rows: int, use_cache: bool, source: torch.Tensor | None = None,
-                 source_mask: torch.Tensor | None = None):
-        self.model, self.block, self.use_cache = model, model.cfg.block_size, use_cache
-        self.seq2seq = isinstance(model, (Seq2Seq, RecurrentSeq2Seq))
-        self.recurrent = isinstance(model, (RecurrentLM, RecurrentSeq2Seq))
-        self.state, self.cache, self.memory, self.mask = None, None, None, None
-        if use_cache and not self.recurrent:
-            weight = (model.decoder if self.seq2seq else model.transformer).tok_emb.weight
-            self.cache = KVCache(model.cfg, rows, self.block, weight.device, weight.dtype)
-        if isinstance(model, RecurrentSeq2Seq):  # the encoder runs once per source; one source serves all beams
-            self.memory = model.encode(source, source_mask).expand(rows)
-        elif self.seq2seq:
-            self.memory = model.encode(source, source_mask)  # (B, S, C)
-            if self.cache is None and self.memory.size(0) != rows:  # the cache expands the keys and values itself
-                self.memory = self.memory.expand(rows, -1, -1)  # (rows, S, C), a view
-            if source_mask is not None:
-                self.mask = source_mask.expand(rows, -1) if source_mask.size(0) != rows else source_mask
-
-    @property
-    def max_len(self) -> int | None:
-        """The longest output a decoder holds (None: a causal LM's window slides, a recurrent one has none)."""
-        return self.block if self.seq2seq else None
-
-    def _forward(self, ids: torch.Tensor, cache: KVCache | None, memory, state: list | None = None) -> torch.Tensor:
-        if isinstance(self.model, RecurrentSeq2Seq):
-            out = self.model(decoder_input_ids=ids, memory=memory, state=state, last_only=True)
-        elif self.seq2seq:
-            out = self.model(attention_mask=self.mask, decoder_input_ids=ids, memory=memory, cache=cache,
-                             last_only=True)
-        else:
-            out = self.model(ids, state=state, last_only=True) if self.recurrent else \
-                self.model(ids, cache=cache, last_only=True)
-        if self.recurrent and self.use_cache:
-            self.state = out.state
-        return out.logits[:, -1]  # (rows, V)
-
-    def __call__(self, seq: torch.Tensor, first: bool) -> torch.Tensor:
-        if self.recurrent:  # the whole sequence again, or the newest token from the state
-            if not self.use_cache or first:
-                return self._forward(seq, None, self.memory)
-            return self._forward(seq[:, -1:], None, self.memory, self.state)
-        if self.cache is None:
-            return self._forward(seq[:, -self.block:], None, self.memory)
-        if first or seq.size(1) > self.block:  # fill, or refill once the window slid (positions shift)
-            self.cache.length = 0
-            self.cache.cross.clear()
-            return self._forward(seq[:, -self.block:], self.cache, self.memory)
-        return self._forward(seq[:, -1:], self.cache, None)  # cross-attention reads the cache
-
-    def reorder(self, rows: torch.Tensor) -> None:
-        if self.cache is not None:
-            self.cache.reorder(rows)
-        if self.state is not None:
-            self.state = reorder_state(self.state, rows)
-
-
 @torch.inference_mode()  # lighter than no_grad: no version counters or views tracked for autograd
-def generate(model: Decodable, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
+def generate(model: torch.nn.Module, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
              top_k: int | None = None, top_p: float | None = None, eot: int | None = None,
              use_cache: bool = True, generator: torch.Generator | None = None, source: torch.Tensor | None = None,
              source_mask: torch.Tensor | None = None) -> Iterator[torch.Tensor]:
@@ -119,13 +53,14 @@ def generate(model: Decodable, idx: torch.Tensor, max_new_tokens: int, temperatu
     without the cache. A seq2seq model decodes from idx (the start token) for the `source` (B, S) rows and
     its mask, up to its block_size positions.
     """
-    steps = Steps(model, idx.size(0), use_cache, source, source_mask)
-    if steps.max_len is not None:
-        max_new_tokens = min(max_new_tokens, steps.max_len - idx.size(1))
+    dec = decoder(model, idx.size(0), use_cache, source, source_mask)
+    if dec.max_len is not None:
+        max_new_tokens = min(max_new_tokens, dec.max_len - idx.size(1))
     seq = idx
     done = torch.zeros(idx.size(0), dtype=torch.bool, device=idx.device)
     for i in range(max_new_tokens):
-        nxt = sample_next(steps(seq, i == 0), temperature, top_k, top_p, generator)  # (B,)
+        logits = dec.start(seq) if i == 0 else dec.step(seq)  # (B, V)
+        nxt = sample_next(logits, temperature, top_k, top_p, generator)  # (B,)
         if eot is not None:
             nxt = torch.where(done, torch.full_like(nxt, eot), nxt)
             done |= nxt == eot
@@ -142,7 +77,7 @@ class Hypothesis:
 
 
 @torch.inference_mode()
-def beam_search(model: Decodable, prompt: list[int], beams: int, max_new_tokens: int,
+def beam_search(model: torch.nn.Module, prompt: list[int], beams: int, max_new_tokens: int,
                 eot: int | None = None, length_penalty: float = 1.0, n_best: int = 1, use_cache: bool = True,
                 source: list[int] | None = None) -> list[Hypothesis]:
     """The n_best continuations of `prompt` found by keeping the `beams` most probable partial sequences
@@ -152,9 +87,9 @@ def beam_search(model: Decodable, prompt: list[int], beams: int, max_new_tokens:
     """
     device = next(model.parameters()).device
     src = torch.tensor([source], device=device) if source is not None else None  # (1, S)
-    steps = Steps(model, beams, use_cache, src)
-    if steps.max_len is not None:
-        max_new_tokens = min(max_new_tokens, steps.max_len - len(prompt))
+    dec = decoder(model, beams, use_cache, src)
+    if dec.max_len is not None:
+        max_new_tokens = min(max_new_tokens, dec.max_len - len(prompt))
     seq = torch.tensor([prompt] * beams, device=device)  # (k, T): every beam starts as the prompt
     scores = torch.full((beams,), float("-inf"), device=device)
     scores[0] = 0.0  # one live beam at first, so the first step picks the k best distinct tokens
@@ -162,7 +97,7 @@ def beam_search(model: Decodable, prompt: list[int], beams: int, max_new_tokens:
     norm = lambda total, n: total / n ** length_penalty  # noqa: E731
     settled = False  # stopped because the ended hypotheses cannot be beaten
     for step in range(1, max_new_tokens + 1):
-        logp = torch.log_softmax(steps(seq, step == 1).float(), -1)  # (k, V)
+        logp = torch.log_softmax((dec.start(seq) if step == 1 else dec.step(seq)).float(), -1)  # (k, V)
         V = logp.size(-1)
         top, flat = (scores[:, None] + logp).view(-1).topk(min(2 * beams, beams * V))  # (2k,) candidates
         parents, tokens, keep = [], [], []
@@ -189,7 +124,7 @@ def beam_search(model: Decodable, prompt: list[int], beams: int, max_new_tokens:
         rows = torch.tensor(parents, device=device)
         seq = torch.cat([seq[rows], torch.tensor(tokens, device=device)[:, None]], dim=1)  # (k, T + 1)
         scores = torch.tensor(keep, device=device)
-        steps.reorder(rows)
+        dec.reorder(rows)
         ended = sorted(h.score for h in finished)[-beams:]
         if len(ended) >= beams and norm(max(keep), step) < ended[0]:
             settled = True  # no live beam can still rank among the best ended ones (at this length)
@@ -200,15 +135,15 @@ def beam_search(model: Decodable, prompt: list[int], beams: int, max_new_tokens:
 
 
 @torch.inference_mode()
-def translate(model: Seq2Seq | RecurrentSeq2Seq, sources: list[list[int]], end: int, beams: int = 1,
+def translate(model: torch.nn.Module, sources: list[list[int]], end: int, beams: int = 1,
               length_penalty: float = 1.0, batch_size: int = 64, temperature: float = 0.0, top_k: int | None = None,
               top_p: float | None = None, generator: torch.Generator | None = None, use_cache: bool = True,
               max_new_tokens: int | None = None) -> list[list[int]]:
     """The decoded target of each source (its token ids, without the end token): greedy or sampled in batches
     of similar length, or by beam search one source at a time (beams > 1)."""
-    steps = model.cfg.block_size if max_new_tokens is None else max_new_tokens
+    limit = model.cfg.block_size if max_new_tokens is None else max_new_tokens
     if beams > 1:
-        return [beam_search(model, [end], beams, steps, end, length_penalty, use_cache=use_cache, source=s)[0].tokens
+        return [beam_search(model, [end], beams, limit, end, length_penalty, use_cache=use_cache, source=s)[0].tokens
                 for s in sources]
     device = next(model.parameters()).device
     order = sorted(range(len(sources)), key=lambda i: len(sources[i]))  # little padding per batch
@@ -222,9 +157,9 @@ def translate(model: Seq2Seq | RecurrentSeq2Seq, sources: list[list[int]], end: 
             src[r, :len(sources[i])] = torch.tensor(sources[i])
             mask[r, :len(sources[i])] = 1
         start = torch.full((len(rows), 1), end, dtype=torch.long, device=device)  # (B, 1)
-        new = generate(model, start, steps, temperature, top_k, top_p, end, use_cache, generator,
+        new = generate(model, start, limit, temperature, top_k, top_p, end, use_cache, generator,
                        src.to(device), mask.to(device) if not mask.all() else None)
-        tokens = torch.stack(list(new), 1).tolist() if steps else [[] for _ in rows]  # (B, T)
+        tokens = torch.stack(list(new), 1).tolist() if limit else [[] for _ in rows]  # (B, T)
         for r, i in enumerate(rows):
             out[i] = tokens[r][:tokens[r].index(end)] if end in tokens[r] else tokens[r]
     return out

@@ -29,11 +29,12 @@ from accelerate.utils import load as accelerate_load
 from tokenizers import Tokenizer
 
 from minilm import runfiles
-from minilm.config import Config, config_from_dict
+from minilm.config import Config, config_from_dict, upgrade_saved
 from minilm.errors import CheckpointError, ConfigError
 from minilm.report import MetricsLog
 from minilm.runfiles import CONFIG_FILE, METRICS_FILE, MODEL_FILE, PROGRESS_FILE, STATE_DIR, TOKENIZER_FILE
-from minilm.tasks import build_model, get_task
+from minilm.models import build_model
+from minilm.tasks import get_task
 from minilm.tokenizer import check_vocab, load_tokenizer
 
 
@@ -64,8 +65,8 @@ def read_config(run_dir: Path) -> Config:
     if not path.is_file():
         raise CheckpointError(f"{str(run_dir)!r} is not a minilm run directory (no {CONFIG_FILE}): give a run's out_dir")
     try:
-        cfg = config_from_dict(json.loads(path.read_text(encoding="utf-8")))
-        get_task(cfg.train.task).check_model(cfg.model)
+        cfg = config_from_dict(upgrade_saved(json.loads(path.read_text(encoding="utf-8"))))
+        get_task(cfg.train.task).check_model(cfg, cfg.model)
         return cfg
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise CheckpointError(f"{str(path)!r} is not valid JSON: restore it from the run that wrote it") from e
@@ -111,19 +112,12 @@ def run_info(run_dir: str | Path) -> dict[str, str]:
     with torch.device("meta"):  # count without allocating
         n_params = sum(t.numel() for t in build_model(cfg).parameters())
     tok = read_tokenizer(run_dir, m.vocab_size)
-    kind = "a GPT (causal)" if m.causal else "a BERT (bidirectional)"
-    layers, width = f"{m.n_layer} layers", m.n_embd
-    if m.recurrent:
-        way = "bidirectional " if m.bidirectional else ""
-        kind, width = f"a recurrent {way}{m.arch.upper()}", m.rnn_hidden
-    if m.encoder_layers:
-        kind, layers = "an encoder-decoder", f"{m.encoder_layers} + {m.n_layer} layers"
     run = RunDir(run_dir)
     progress = Progress.read(run.state_dir()) if run.has_state() else None
     records = run.metrics.read()
     vals = [r for r in records if r.get("split") == "val"]
     info = {
-        "task": f"{cfg.train.task} on {kind} stack, {layers} x {width} wide, {m.block_size} positions",
+        "task": f"{cfg.train.task} on {m.describe()}",
         "parameters": f"{n_params / 1e6:.2f}M",
         "tokenizer": f"{type(tok.model).__name__}, {tok.get_vocab_size():,} tokens",
         "step": f"{progress.step if progress else 0} of {cfg.train.max_steps}",
@@ -187,8 +181,7 @@ class RunDir:
         if cfg.model.init_from:  # the architecture came from init_from, not from the model section
             same = saved.model.init_from == cfg.model.init_from
         else:
-            same = saved.model == dataclasses.replace(cfg.model, vocab_size=saved.model.vocab_size,
-                                                      num_labels=saved.model.num_labels, pooling=saved.model.pooling)
+            same = saved.model == dataclasses.replace(cfg.model, vocab_size=saved.model.vocab_size)
         if not same or saved.train.task != cfg.train.task:
             raise ConfigError(f"the model section or train.task differs from the one saved in {str(self.path)!r}: "
                               "resume with the same config")

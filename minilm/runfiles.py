@@ -22,7 +22,7 @@ from minilm.errors import CheckpointError
 MODEL_FILE, CONFIG_FILE, TOKENIZER_FILE = "model.safetensors", "config.json", "tokenizer.json"
 STATE_DIR, PROGRESS_FILE, METRICS_FILE = "state", "progress.json", "metrics.jsonl"
 
-State = dict[str, torch.Tensor]
+Weights = dict[str, torch.Tensor]  # named tensors: a state dict
 
 
 def fsync_dir(path: Path) -> None:
@@ -69,7 +69,7 @@ def save_weights(model: torch.nn.Module | Mapping[str, torch.Tensor], path: Path
     atomic_write(path, lambda tmp: save_file(state, str(tmp), metadata={"format": "pt"}))
 
 
-def read_safetensors(path: Path) -> State:
+def read_safetensors(path: Path) -> Weights:
     """Tensors of a safetensors file (the format cannot hold code), or one clear line saying why not."""
     if path.is_dir():
         raise CheckpointError(f"{str(path)!r} is a directory, not a safetensors file: give the weights file")

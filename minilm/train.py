@@ -29,9 +29,9 @@ from minilm.data.seq2seq import References
 from minilm.evaluation import Evaluation, decoded_metrics, evaluate
 from minilm.hf import load_pretrained
 from minilm.metrics import format_confusion
-from minilm.model import count_params
+from minilm.models import build_model, count_params, family_of
+from minilm.models.outputs import CarriedState
 from minilm.optim import lr_at, make_optimizer, skip_step_if
-from minilm.recurrent import detach_state, state_from_tensors, state_tensors
 from minilm.report import device_peak_flops, flat_config, peak_memory_mb, plot_losses, trackers, training_flops
 from minilm.run import Progress, RunDir
 from minilm.stopping import StopSignals
@@ -141,7 +141,7 @@ class Session:
     streamed: bool  # the training text is streamed (data.streaming): batches carry their stream position
     references: References | None  # seq2seq: validation sources and targets, for the decoded metrics
     tbptt: bool = False  # train.tbptt: each batch continues the lanes of the last, from its final state
-    carry: list | None = None  # that state (detached), None at the start of an epoch
+    carry: CarriedState | None = None  # that state (detached), None at the start of an epoch
     position: dict | None = None  # where this process's stream stands after the last batch trained on
     started: float = dataclasses.field(default_factory=time.perf_counter)  # this session's start
 
@@ -177,11 +177,14 @@ def set_up(cfg: Config, task: Task, run: RunDir, accelerator: Accelerator) -> Se
         data = task.prepare(cfg, tok, source)
         if main and not tc.resume:
             run.create(data.cfg, data.tokenizer)
-    task.check_model(data.cfg.model)  # with init_from, the architecture is known only now
+    task.check_model(data.cfg, data.cfg.model)  # with init_from, the architecture is known only now
+    family = family_of(data.cfg.model)
     set_seed(tc.seed)  # the same initial weights whatever data preparation consumed
-    model = task.model(data.cfg.model)
+    model = build_model(data.cfg)
+    if tc.gradient_checkpointing:
+        family.checkpointing(model)
     if data.init_state is not None:
-        load_init(model, data.init_state, cfg.model.init_from)
+        load_init(model, data.init_state, cfg.model.init_from, family.backbone)
     train_loader, val_loader = make_loaders(data)
     optimizer = make_optimizer(model, tc)
     streamed, lanes = isinstance(data.train, StreamedBlocks), isinstance(data.train, ContiguousLanes)
@@ -195,7 +198,8 @@ def set_up(cfg: Config, task: Task, run: RunDir, accelerator: Accelerator) -> Se
     progress = run.load_state(accelerator) if tc.resume else Progress()
     if streamed and tc.resume:
         data.train.position = run.stream_position(accelerator)
-    carry = state_from_tensors(run.carried_state(accelerator), accelerator.device) if lanes and tc.resume else None
+    carry = family.state_from_tensors(run.carried_state(accelerator), accelerator.device) if lanes and tc.resume \
+        else None
     if trackers(cfg):
         accelerator.init_trackers(cfg.log.project, config=flat_config(cfg), init_kwargs={
             "wandb": {"mode": cfg.log.wandb, "name": cfg.log.run_name, "dir": str(run.path)}})
@@ -210,11 +214,13 @@ def set_up(cfg: Config, task: Task, run: RunDir, accelerator: Accelerator) -> Se
                    carry=carry)
 
 
-def load_init(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str | None) -> None:
-    """Pretrained weights into a (possibly different) task model: the stack must match; new heads start fresh."""
+def load_init(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str | None,
+              backbone: tuple[str, ...]) -> None:
+    """Pretrained weights into a (possibly different) task model: the stack (the state-dict names under `backbone`)
+    must match; new heads start fresh."""
     own = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     check_state(own, state, f"model.init_from={source!r}", "give a run or folder of the same architecture",
-                ignore_missing=lambda name: not name.startswith(("transformer.", "rnn.")))
+                ignore_missing=lambda name: not name.startswith(backbone))
     model.load_state_dict(state, strict=False)
 
 
@@ -273,7 +279,7 @@ def train_step(s: Session, batch: dict[str, torch.Tensor]) -> bool:
     with acc.accumulate(s.model):
         out = s.model(**batch, state=s.carry) if s.tbptt else s.model(**batch)
         if s.tbptt:
-            s.carry = detach_state(out.state)  # the next batch continues from here; gradients stop here
+            s.carry = out.state.detach()  # the next batch continues from here; gradients stop here
         acc.backward(out.loss)
         if acc.sync_gradients:
             for group in s.optimizer.param_groups:
@@ -366,7 +372,7 @@ def checkpoint(s: Session, weights: bool) -> None:
     now = time.perf_counter()
     p.seconds, s.started = p.seconds + now - s.started, now
     s.run.save(s.accelerator, s.model, p, weights=weights, position=s.position,
-               carry=state_tensors(s.carry) if s.tbptt else None)
+               carry=(s.carry.tensors() if s.carry is not None else {}) if s.tbptt else None)
 
 
 def stop_on_signal(s: Session, signals: StopSignals, saved: bool) -> None:

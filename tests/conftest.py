@@ -36,11 +36,13 @@ TINY_MODEL = ["model.n_layer=2", "model.n_head=2", "model.n_embd=32", "model.blo
 
 
 def tiny_overrides(train_file: Path, out_dir: Path, *extra: str) -> list[str]:
-    """Dotted overrides for a tiny, fast run; later entries in `extra` win."""
+    """Dotted overrides for a tiny, fast run; later entries in `extra` win. A recurrent model.arch in `extra` leaves
+    out the Transformer's n_head."""
+    recurrent = any(e.startswith("model.arch=") and e != "model.arch=transformer" for e in extra)
     return [
         f"data.train_files={train_file}",
         f"train.out_dir={out_dir}",
-        *TINY_MODEL,
+        *(o for o in TINY_MODEL if not (recurrent and o.startswith("model.n_head="))),
         "train.batch_size=16",
         "train.max_steps=20",
         "train.warmup_steps=5",

@@ -12,7 +12,8 @@ import torch
 
 from conftest import ROOT, TINY_YAML, randomize, run_cli, run_cli_many, snapshot, write_run
 from minilm.config import config_from_dict
-from minilm.heads import Classifier, MaskedLM
+from minilm.models import HeadConfig
+from minilm.models.transformer.heads import Classifier, MaskedLM
 from minilm.tokenizer import train_wordpiece
 
 TREC = ROOT / "data" / "trec"
@@ -33,10 +34,10 @@ def runs(tmp_path_factory, trained_run) -> dict[str, Path]:
     torch.manual_seed(0)
     bert = MaskedLM(bert_cfg.model)
     randomize(bert)
-    cls_cfg = config_from_dict({"model": {**SMALL_BERT, "vocab_size": tok.get_vocab_size(), "num_labels": 2},
+    cls_cfg = config_from_dict({"model": {**SMALL_BERT, "vocab_size": tok.get_vocab_size()},
                                 "tokenizer": {"kind": "wordpiece"}, "data": {"train_files": ["unused.tsv"]},
                                 "classify": {"labels": ["neg", "pos"]}, "train": {"task": "classify"}})
-    cls = Classifier(cls_cfg.model)
+    cls = Classifier(cls_cfg.model, HeadConfig.of(cls_cfg))
     randomize(cls)
     out = {"gpt": gpt, "bert": write_run(tmp / "bert", bert_cfg, bert, tok), "cls": write_run(tmp / "cls", cls_cfg, cls, tok)}
 

@@ -8,9 +8,10 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
 from bench.__main__ import main
-from minilm.config import PRESETS, ModelConfig
-from minilm.heads import CausalLM
-from minilm.model import count_params
+from minilm.config import presets
+from minilm.models.transformer.config import TransformerConfig
+from minilm.models.transformer.heads import CausalLM
+from minilm.models import count_params
 from minilm.report import training_flops
 
 
@@ -30,7 +31,7 @@ def test_bench_refuses_unknown_workloads() -> None:
 
 
 def test_gpt2_small_is_124m_at_0_86_gflop_per_token() -> None:
-    cfg = ModelConfig(**PRESETS["gpt2-small"], vocab_size=50304)
+    cfg = TransformerConfig(**presets()["gpt2-small"], vocab_size=50304)
     n = count_params(CausalLM(cfg))
     assert n == 124_475_904  # GPT-2 124M with the vocabulary padded to 50,304
     # about 0.86 GFLOP per token at T=1024, the figure MFU estimates for GPT-2 small use
@@ -41,7 +42,7 @@ def test_gpt2_small_is_124m_at_0_86_gflop_per_token() -> None:
 def test_training_flops_agree_with_torch_flop_counter(lengths) -> None:
     """The attention term follows each sequence's own length (not block_size); the whole count is within the
     few percent that 6N spends on parameters without matmuls (positions, norms, biases)."""
-    cfg = ModelConfig(vocab_size=96, n_layer=2, n_head=2, n_embd=64, block_size=64)
+    cfg = TransformerConfig(vocab_size=96, n_layer=2, n_head=2, n_embd=64, block_size=64)
     model = CausalLM(cfg)
     x = torch.randint(0, 96, (len(lengths), lengths[0]))
     with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:  # attention as countable bmm

@@ -29,7 +29,8 @@ from minilm.config import config_from_dict
 from minilm.data.mlm import MaskingCollator, PairDataset, nsp_pairs
 from minilm.data.sentences import split_sentences
 from minilm.errors import CheckpointError
-from minilm.heads import IGNORE, MaskedLM
+from minilm.data.batch import IGNORE
+from minilm.models.transformer.heads import MaskedLM
 from minilm.tokenizer import BERT_SPECIALS, CLS, MASK, PAD, SEP, train_wordpiece
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -97,7 +98,7 @@ def _ours(model: MaskedLM, ids, seg, mask) -> tuple[torch.Tensor, torch.Tensor]:
     """(MLM logits (B, T, V), NSP logits (B, 2)) of our model."""
     with torch.no_grad():
         out = model(ids, seg, mask)  # without labels: MLM logits at every position
-    return out.logits, out.aux_logits
+        return out.logits, model.next_sentence(model.transformer(ids, seg, mask))
 
 
 transformers = pytest.importorskip("transformers")
@@ -358,8 +359,8 @@ def model(tok) -> MaskedLM:
 def test_nsp_logits_without_labels(tok, model) -> None:
     ids, seg, mask = _batch(tok, PAIRS)
     with torch.no_grad():
-        out = model(ids, seg, mask)
-    assert out.aux_logits is not None and out.aux_logits.shape == (2, 2)
+        nsp = model.next_sentence(model.transformer(ids, seg, mask))
+    assert nsp.shape == (2, 2)
 
 
 def test_padding_never_changes_real_positions(tok, model) -> None:
@@ -398,7 +399,8 @@ def test_sparse_mlm_equals_dense(tok, model) -> None:
             out = model(batch["input_ids"], batch["segment_ids"], batch["attention_mask"])
             mlm = torch.nn.functional.cross_entropy(out.logits.flatten(0, 1), batch["labels"].flatten(),
                                                     ignore_index=IGNORE)
-            loss = dense_loss = mlm + torch.nn.functional.cross_entropy(out.aux_logits, batch["next_sentence_label"])
+            nsp = model.next_sentence(model.transformer(batch["input_ids"], batch["segment_ids"], batch["attention_mask"]))
+            loss = dense_loss = mlm + torch.nn.functional.cross_entropy(nsp, batch["next_sentence_label"])
         else:
             loss = sparse_loss = model(**batch).loss
         loss.backward()
@@ -411,7 +413,8 @@ def test_sparse_mlm_equals_dense(tok, model) -> None:
     model.eval()
     with torch.no_grad():
         ev = model(**batch)
-        nsp = torch.nn.functional.cross_entropy(ev.aux_logits, batch["next_sentence_label"])
+        h = model.transformer(batch["input_ids"], batch["segment_ids"], batch["attention_mask"])
+        nsp = torch.nn.functional.cross_entropy(model.next_sentence(h), batch["next_sentence_label"])
     mlm_mean = ev.metrics["mlm_loss"].total.sum() / ev.metrics["mlm_loss"].count.sum()
     torch.testing.assert_close(mlm_mean + nsp, dense_loss.detach(), atol=1e-6, rtol=1e-6)
     assert ev.metrics["mlm_loss"].count.sum() == (batch["labels"] != IGNORE).sum()

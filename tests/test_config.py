@@ -6,7 +6,7 @@ import pytest
 
 from conftest import TINY_YAML
 from minilm.config import (
-    PRESETS, Config, ModelConfig, config_from_dict, load_config, parse_overrides, preset_names,
+    Config, ModelConfig, config_from_dict, load_config, parse_overrides, preset_names, presets,
 )
 from minilm.errors import ConfigError
 
@@ -21,11 +21,11 @@ def build(*overrides: str) -> Config:
 # presets, files, overrides
 
 
-@pytest.mark.parametrize("name", sorted(PRESETS))
+@pytest.mark.parametrize("name", preset_names())
 def test_every_preset_loads_with_its_values(name):
-    bidirectional = PRESETS[name].get("causal", True) is False
+    bidirectional = presets()[name].get("causal", True) is False
     cfg = build(f"model.preset={name}", *(["tokenizer.kind=wordpiece"] if bidirectional else []))
-    for key, value in PRESETS[name].items():
+    for key, value in presets()[name].items():
         assert getattr(cfg.model, key) == value
     assert cfg.model.n_embd % cfg.model.n_head == 0
     assert name in preset_names()
@@ -194,7 +194,7 @@ def test_type_vocab_with_causal_model():
 
 def test_unknown_preset_lists_presets():
     msg = expect_error("model.preset=gpt5", names=["model.preset", "gpt5"])
-    for name in PRESETS:
+    for name in presets():
         assert name in msg
 
 

@@ -23,9 +23,10 @@ from minilm.run import load_run, read_config
 from minilm.config import config_from_dict
 from minilm.data import classify as cls_data
 from minilm.errors import CheckpointError, DataError
-from minilm.heads import CausalLM, Classifier, MaskedLM
+from minilm.models.transformer.heads import CausalLM, Classifier, MaskedLM
 from minilm.metrics import classification_metrics, confusion, format_confusion
-from minilm.tasks import build_model, prepare
+from minilm.models import HeadConfig, build_model
+from minilm.tasks import prepare
 from minilm.tokenizer import CLS, EOT, SEP, train_bpe, train_char, train_wordpiece
 
 datasets.disable_progress_bars()
@@ -37,6 +38,7 @@ TINY_GPT = {"n_layer": 1, "n_embd": 32, "n_head": 2, "block_size": 32}
 PAIRS = [("The cat sat on the mat .", "A cat was sitting on a mat ."),
          ("Who wrote the novel Emma ?", "Jane Austen wrote it in 1815 ."),
          ("What is the capital of France ?", "Paris")]
+THREE = ["a", "b", "c"]  # a classifier's labels
 SINGLES = ["How far is it from Denver to Aspen ?", "Who was Galileo ?", "What is an atom ?",
            "What county is Modesto , California in ?"]
 
@@ -106,11 +108,10 @@ def test_integer_labels_sort_numerically(tmp_path, tok_file):
     task = prepare(_cfg(data={"train_files": [str(train)], "val_files": [str(dev)], "text_column": "sentence"},
                              tokenizer={"path": str(tok_file)}))
     assert task.cfg.classify.labels == ["-1", "2", "10"]  # numerically, not "-1" < "10" < "2"
-    assert task.cfg.model.num_labels == 3
     assert [task.train.data[i]["label_id"] for i in range(5)] == [2, 1, 0, 1, 2]
     assert [task.val[i]["label_id"] for i in range(2)] == [1, 0]
     saved = json.loads(json.dumps(task.cfg.to_dict()))  # what config.json holds: strings
-    assert saved["classify"]["labels"] == ["-1", "2", "10"] and saved["model"]["num_labels"] == 3
+    assert saved["classify"]["labels"] == ["-1", "2", "10"] and "num_labels" not in saved["model"]
 
 
 def test_string_labels_sort_as_strings(tmp_path, tok_file):
@@ -293,15 +294,15 @@ def _logits(model, tok, examples, side: str) -> torch.Tensor:
 
 def _pooling_model(cfg, seed: int):
     torch.manual_seed(seed)
-    model = Classifier(cfg.model)
+    model = Classifier(cfg.model, HeadConfig.of(cfg))
     randomize(model, seed=seed)
     return model.eval()
 
 
 @pytest.mark.parametrize("pair", [False, True], ids=["single", "pair"])
 def test_gpt_last_token_pooling_ignores_padding(bpe_tok, pair):
-    cfg = _gpt_cfg(model={"num_labels": 3, "vocab_size": bpe_tok.get_vocab_size(), "dropout": 0.1},
-                   classify={"text_pair_column": "b"} if pair else {})
+    cfg = _gpt_cfg(model={"vocab_size": bpe_tok.get_vocab_size(), "dropout": 0.1},
+                   classify={"labels": THREE, **({"text_pair_column": "b"} if pair else {})})
     model = _pooling_model(cfg, 11)
     examples = _examples(bpe_tok, cfg, PAIRS if pair else SINGLES)
     lengths = [len(e["input_ids"]) for e in examples]
@@ -315,8 +316,8 @@ def test_gpt_last_token_pooling_ignores_padding(bpe_tok, pair):
 
 @pytest.mark.parametrize("pair", [False, True], ids=["single", "pair"])
 def test_bert_cls_pooling_ignores_right_padding(wp_tok, pair):
-    cfg = _cfg(model={"num_labels": 3, "vocab_size": wp_tok.get_vocab_size()},
-               classify={"text_pair_column": "b"} if pair else {})
+    cfg = _cfg(model={"vocab_size": wp_tok.get_vocab_size()},
+               classify={"labels": THREE, **({"text_pair_column": "b"} if pair else {})})
     model = _pooling_model(cfg, 12)
     examples = _examples(wp_tok, cfg, PAIRS if pair else SINGLES)
     assert len({len(e["input_ids"]) for e in examples}) > 1
@@ -329,7 +330,7 @@ def test_bert_cls_pooling_ignores_right_padding(wp_tok, pair):
 
 
 def test_bert_classifier_under_left_padding(wp_tok):
-    cfg = _cfg(model={"num_labels": 3, "vocab_size": wp_tok.get_vocab_size()}, classify={"padding_side": "left"})
+    cfg = _cfg(model={"vocab_size": wp_tok.get_vocab_size()}, classify={"labels": THREE, "padding_side": "left"})
     model = _pooling_model(cfg, 13)
     examples = _examples(wp_tok, cfg, SINGLES)
     alone = torch.cat([_logits(model, wp_tok, [e], "left") for e in examples])
@@ -446,7 +447,7 @@ def test_finetune_beats_majority(trec_run, trec_files):
     assert result["val_accuracy"] > majority + 0.2, (result, majority)  # ~0.68 in practice
     assert result["val_mcc"] > 0.3 and "val_f1" not in result  # no binary F1 for six labels
     saved = json.loads((run / "config.json").read_text())
-    assert saved["classify"]["labels"] == TREC_LABELS and saved["model"]["num_labels"] == 6
+    assert saved["classify"]["labels"] == TREC_LABELS 
     assert saved["train"]["task"] == "classify" and not saved["model"]["causal"]
     val = [r for r in read_metrics(run) if r["split"] == "val"]
     assert [r["step"] for r in val] == [46, 92, 138, 184]  # one evaluation per epoch: 1500 // 32 = 46 steps
@@ -521,7 +522,7 @@ def test_init_from_pretraining_run(tmp_path, trec_files, wp_tok, bpe_tok, kind):
     train(cfg)
     saved_cfg = read_config(run)
     assert saved_cfg.model.causal == (kind == "gpt") and saved_cfg.model.n_embd == 32
-    assert saved_cfg.model.vocab_size == tok.get_vocab_size() and saved_cfg.model.num_labels >= 2
+    assert saved_cfg.model.vocab_size == tok.get_vocab_size() and len(saved_cfg.classify.labels) >= 2
     assert (run / "tokenizer.json").read_text() == (pre / "tokenizer.json").read_text()
 
     src, got = load_file(str(pre / "model.safetensors")), load_file(str(run / "model.safetensors"))
@@ -532,7 +533,7 @@ def test_init_from_pretraining_run(tmp_path, trec_files, wp_tok, bpe_tok, kind):
         torch.testing.assert_close(got[k], src[k], atol=1e-9, rtol=0, msg=k)
     set_seed(saved_cfg.train.seed)  # training builds the model right after seeding: a fresh head is this one
     fresh = build_model(saved_cfg).state_dict()
-    assert got["head.weight"].shape == (saved_cfg.model.num_labels, 32)
+    assert got["head.weight"].shape == (len(saved_cfg.classify.labels), 32)
     for k in ("head.weight", "head.bias"):
         torch.testing.assert_close(got[k], fresh[k], atol=1e-9, rtol=0)
     assert not torch.allclose(fresh["transformer.tok_emb.weight"], src["transformer.tok_emb.weight"])
@@ -543,11 +544,12 @@ def test_init_from_pretraining_run(tmp_path, trec_files, wp_tok, bpe_tok, kind):
 
 
 def _classifier_run(tmp_path: Path, tok, name: str = "cls", pair: bool = True, gpt: bool = False) -> Path:
-    sections = dict(model={"vocab_size": tok.get_vocab_size(), "num_labels": 3, "classifier_dropout": 0.2},
-                    classify={"labels": ["neg", "neutral", "pos"], **({"text_pair_column": "b"} if pair else {})})
+    sections = dict(model={"vocab_size": tok.get_vocab_size()},
+                    classify={"labels": ["neg", "neutral", "pos"], "dropout": 0.2,
+                              **({"text_pair_column": "b"} if pair else {})})
     cfg = _gpt_cfg(**sections) if gpt else _cfg(**sections)
     torch.manual_seed(0)
-    net = Classifier(cfg.model)
+    net = Classifier(cfg.model, HeadConfig.of(cfg))
     randomize(net, seed=6)
     return write_run(tmp_path / name, cfg, net, tok)
 

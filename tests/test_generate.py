@@ -8,9 +8,9 @@ import math
 import pytest
 import torch
 
-from minilm.config import ModelConfig
+from minilm.models.transformer.config import TransformerConfig
 from minilm.generate import beam_search, filter_logits, generate, sample_next
-from minilm.heads import CausalLM
+from minilm.models.transformer.heads import CausalLM
 
 V, BLOCK = 40, 16
 
@@ -23,7 +23,7 @@ def model() -> CausalLM:
     context-dependent text, so a cache or window bug shows up in its output.
     """
     torch.manual_seed(0)
-    m = CausalLM(ModelConfig(vocab_size=V, block_size=BLOCK, n_layer=2, n_head=2, n_embd=32))
+    m = CausalLM(TransformerConfig(vocab_size=V, block_size=BLOCK, n_layer=2, n_head=2, n_embd=32))
     g = torch.Generator().manual_seed(0)
     table = torch.randint(0, V, (V, V), generator=g)
     opt = torch.optim.AdamW(m.parameters(), lr=1e-2)
@@ -223,7 +223,7 @@ def test_beam_width_one_is_greedy(model):
 
 def test_beam_search_with_every_sequence_kept_finds_the_exhaustive_optimum():
     torch.manual_seed(3)
-    small = CausalLM(ModelConfig(vocab_size=3, block_size=8, n_layer=1, n_head=1, n_embd=8)).eval()
+    small = CausalLM(TransformerConfig(vocab_size=3, block_size=8, n_layer=1, n_head=1, n_embd=8)).eval()
     for p in small.parameters():  # a peaked, context-dependent distribution
         p.data.normal_(0, 1.5)
     prompt, length = [1], 4

@@ -23,7 +23,7 @@ from minilm.run import load_run
 from minilm.config import config_from_dict
 from minilm.runfiles import write_json
 from minilm.errors import CheckpointError
-from minilm.heads import CausalLM
+from minilm.models.transformer.heads import CausalLM
 from minilm.tokenizer import EOT, train_bpe, train_char
 
 transformers = pytest.importorskip("transformers")

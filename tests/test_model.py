@@ -9,17 +9,20 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from minilm.config import Config, ModelConfig, TrainConfig
-from minilm.heads import CausalLM, Classifier, MaskedLM
-from minilm.model import KVCache, Transformer, count_params, sinusoidal_table
-from minilm.tasks import build_model
+from minilm.config import ClassifyConfig, Config, TrainConfig
+from minilm.models.transformer.config import TransformerConfig
+from minilm.models.transformer.heads import CausalLM, Classifier, MaskedLM
+from minilm.models import count_params
+from minilm.models.transformer.model import KVCache, Transformer
+from minilm.models.transformer.parts import sinusoidal_table
+from minilm.models import build_model, family_of
 
 V = 50
 
 
-def tiny(**kw) -> ModelConfig:
+def tiny(**kw) -> TransformerConfig:
     base = dict(vocab_size=V, block_size=16, n_layer=2, n_head=2, n_embd=32)
-    return ModelConfig(**{**base, **kw})
+    return TransformerConfig(**{**base, **kw})
 
 
 def lm(seed: int = 0, **kw) -> CausalLM:
@@ -237,9 +240,7 @@ def test_variants_run_forward_and_backward(norm, position):
         assert p.grad is not None and torch.isfinite(p.grad).all(), name
     t = model.transformer
     assert (t.final_norm is not None) == (norm == "pre")
-    assert (t.pos_emb is not None) == (position == "learned")
-    if position == "sinusoidal":
-        assert "pos_table" not in model.state_dict()  # rebuilt, never saved
+    assert ("transformer.pos_emb.weight" in model.state_dict()) == (position == "learned")  # a fixed table: not saved
 
 
 def test_post_ln_normalizes_each_block_output():
@@ -319,7 +320,8 @@ def test_dropout_is_active_only_in_training():
 def test_gradient_checkpointing_gives_same_loss_and_grads(dropout):
     torch.manual_seed(0)
     a = CausalLM(tiny(dropout=dropout))
-    b = CausalLM(dataclasses.replace(a.cfg, gradient_checkpointing=True))
+    b = CausalLM(a.cfg)
+    family_of(b.cfg).checkpointing(b)  # what train.gradient_checkpointing turns on
     b.load_state_dict(a.state_dict())
     a.train(), b.train()
     x, y = ids(4, 16), ids(4, 16, seed=4)
@@ -339,6 +341,6 @@ def test_gradient_checkpointing_gives_same_loss_and_grads(dropout):
 
 @pytest.mark.parametrize("task,kind", [("causal_lm", CausalLM), ("masked_lm", MaskedLM), ("classify", Classifier)])
 def test_train_task_alone_picks_the_task_model(task, kind):
-    model_cfg = dataclasses.replace(tiny(causal=kind is CausalLM), num_labels=3 if kind is Classifier else 0)
-    cfg = Config(model=model_cfg, train=TrainConfig(task=task))
+    cfg = Config(model=tiny(causal=kind is CausalLM), classify=ClassifyConfig(labels=["a", "b", "c"]),
+                 train=TrainConfig(task=task))
     assert type(build_model(cfg)) is kind

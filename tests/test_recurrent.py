@@ -8,19 +8,20 @@ import torch
 from conftest import train_stopped_after_checkpoint, read_metrics, tiny_overrides, write_run
 
 from minilm import hf
-from minilm.config import ModelConfig, config_from_dict, load_config
+from minilm.config import config_from_dict, load_config
+from minilm.models.recurrent.config import RecurrentConfig
 from minilm.errors import CheckpointError, ConfigError
 from minilm.generate import beam_search, generate
-from minilm.recurrent_heads import RecurrentLM
-from minilm.recurrent import SRU, RecurrentStack
+from minilm.models.recurrent.heads import RecurrentLM
+from minilm.models.recurrent.model import SRU, RecurrentStack
 from minilm.tokenizer import train_char
 from minilm.train import train
 
 ARCHS = ["rnn", "lstm", "gru", "sru"]
 
 
-def _cfg(arch: str, **extra) -> ModelConfig:
-    cfg = ModelConfig(arch=arch, vocab_size=11, n_layer=2, n_embd=8, hidden_size=6, **extra)
+def _cfg(arch: str, **extra) -> RecurrentConfig:
+    cfg = RecurrentConfig(arch=arch, vocab_size=11, n_layer=2, n_embd=8, hidden_size=6, **extra)
     cfg.validate()
     return cfg
 
@@ -177,16 +178,20 @@ def test_recurrent_refusals(tmp_path):
     with pytest.raises(ConfigError, match="model.bidirectional=false"):
         train(config_from_dict({"model": {"arch": "lstm", "bidirectional": True}, "data": {"train_files": ["x.txt"]},
                                 "train": {"task": "causal_lm", "out_dir": str(tmp_path / "r")}}))
-    with pytest.raises(ConfigError, match="needs a Transformer"):
-        train(config_from_dict({"model": {"arch": "lstm", "causal": False}, "tokenizer": {"kind": "wordpiece"},
+    with pytest.raises(ConfigError, match="train.task=masked_lm is not something a recurrent model .* choose a "
+                                          "transformer model.arch"):
+        train(config_from_dict({"model": {"arch": "lstm"}, "tokenizer": {"kind": "wordpiece"},
                                 "data": {"train_files": ["x.txt"]}, "train": {"task": "masked_lm",
                                                                             "out_dir": str(tmp_path / "r")}}))
+    data = {"train_files": ["x.txt"]}
     with pytest.raises(ConfigError, match="classify.pooling=cls"):
-        ModelConfig(arch="gru", pooling="cls").validate()
+        config_from_dict({"model": {"arch": "gru"}, "classify": {"pooling": "cls"}, "data": data})
     with pytest.raises(ConfigError, match="model.arch"):
-        ModelConfig(arch="transformers").validate()
-    with pytest.raises(ConfigError, match="recurrent stacks"):
-        ModelConfig(bidirectional=True).validate()
+        config_from_dict({"model": {"arch": "transformers"}, "data": data})
+    with pytest.raises(ConfigError, match="model.bidirectional is a setting of recurrent models"):
+        config_from_dict({"model": {"bidirectional": True}, "data": data})
+    with pytest.raises(ConfigError, match="model.n_head is a setting of transformer models"):
+        config_from_dict({"model": {"arch": "lstm", "n_head": 4}, "data": data})
     assert not (tmp_path / "r").exists()
 
 
@@ -249,8 +254,9 @@ def test_tbptt_carries_the_state(shakespeare_file, tmp_path, monkeypatch):
     monkeypatch.setattr(loop, "train_step", spy)
     train(load_config(None, tiny_overrides(shakespeare_file, tmp_path / "a", *extra)))
     assert seen == [False, True, True]  # a zero state only for the first block of each lane
-    with pytest.raises(ConfigError, match="train.tbptt"):
-        load_config(None, tiny_overrides(shakespeare_file, tmp_path / "b", "train.tbptt=true"))
+    with pytest.raises(ConfigError, match="train.tbptt carries a state .* transformer models"):
+        train(load_config(None, tiny_overrides(shakespeare_file, tmp_path / "b", "train.tbptt=true")))
+    assert not (tmp_path / "b").exists()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -259,7 +265,7 @@ def test_tbptt_carries_the_state(shakespeare_file, tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("arch,attention", [("lstm", "dot"), ("gru", "additive"), ("sru", "dot")])
 def test_recurrent_encoder_decoder_masks_and_decodes_the_same_cached_or_not(arch, attention):
-    from minilm.recurrent_heads import RecurrentSeq2Seq
+    from minilm.models.recurrent.heads import RecurrentSeq2Seq
     from minilm.generate import translate
 
     cfg = _cfg(arch, encoder_layers=2, bidirectional=True, attention=attention, block_size=10)
@@ -297,7 +303,7 @@ def test_lstm_grapheme_to_phoneme_trains(tmp_path):
         (folder / f"{name}.tsv").write_text("\n".join(lines) + "\n", encoding="utf-8")
     cfg = load_config(str(ROOT / "configs" / "g2p-cmudict.yaml"), [
         f"data.train_files=[{folder / 'train.tsv'}]", f"data.val_files=[{folder / 'valid.tsv'}]",
-        f"train.out_dir={tmp_path / 'run'}", "model.arch=lstm", "model.bidirectional=true", "model.norm=pre",
+        f"train.out_dir={tmp_path / 'run'}", "model.arch=lstm", "model.bidirectional=true",
         "model.encoder_layers=1", "model.n_layer=1", "model.n_embd=32", "model.attention=additive",
         "train.max_steps=8", "train.eval_interval=4", "train.batch_size=16", "seq2seq.decode_examples=8"])
     metrics = train(cfg)

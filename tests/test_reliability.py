@@ -20,7 +20,7 @@ import minilm.runfiles as runfiles
 from conftest import TINY_YAML, read_metrics, run_cli, snapshot, tiny_overrides
 from minilm.run import Progress, RunDir, load_run
 from minilm.errors import CheckpointError, TrainingError
-from minilm.heads import CausalLM
+from minilm.models.transformer.heads import CausalLM
 from minilm.train import train
 
 

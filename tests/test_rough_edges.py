@@ -19,7 +19,8 @@ from conftest import ROOT, TINY_YAML, _env, read_metrics, run_cli, tiny_override
 from minilm import hf
 from minilm.config import load_config
 from minilm.errors import CheckpointError
-from minilm.heads import Classifier
+from minilm.models import HeadConfig
+from minilm.models.transformer.heads import Classifier
 from minilm.run import RunDir, run_info
 from minilm.tasks import prepare
 from minilm.tokenizer import PAD, load_tokenizer, train_wordpiece
@@ -68,12 +69,12 @@ def test_sentence_transformers_folder_fine_tunes_with_mean_pooling_like_transfor
                              "data.text_column=question", "model.block_size=64", f"train.out_dir={tmp_path / 'run'}"])
     data = prepare(cfg, None, source)
     assert "pools by mean" in capsys.readouterr().err
-    assert data.cfg.model.pooling == "mean" and data.cfg.classify.pooling == "mean"
+    assert data.cfg.classify.pooling == "mean"
     lengths = {len(data.train[i]["input_ids"]) for i in range(50)}
     assert len(lengths) > 3 and max(lengths) < 48  # each example its own length: no fixed padding to 48
-    model = Classifier(data.cfg.model).eval()
+    model = Classifier(data.cfg.model, HeadConfig.of(data.cfg)).eval()
     assert model.pooler is None  # mean pooling has no [CLS] pooler (DDP would find it unused)
-    load_init(model, data.init_state, str(st_folder))
+    load_init(model, data.init_state, str(st_folder), ("transformer.",))
     batch = data.collate([data.val[i] for i in range(6)])
     theirs = transformers.BertModel.from_pretrained(st_folder).eval()
     with torch.no_grad():

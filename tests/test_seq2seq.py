@@ -21,7 +21,7 @@ from minilm.cli import main
 from minilm.config import config_from_dict, load_config
 from minilm.errors import CheckpointError
 from minilm.generate import beam_search, generate, translate
-from minilm.heads import CausalLM, Seq2Seq
+from minilm.models.transformer.heads import CausalLM, Seq2Seq
 from minilm.run import load_run
 from minilm.tokenizer import train_char, train_word
 from minilm.train import train

@@ -186,10 +186,10 @@ def test_lr_schedule_depends_on_max_steps():
 
 
 def test_weight_decay_only_on_matrices():
-    from minilm.config import ModelConfig
-    from minilm.heads import CausalLM
+    from minilm.models.transformer.config import TransformerConfig
+    from minilm.models.transformer.heads import CausalLM
 
-    model = CausalLM(ModelConfig(vocab_size=20, block_size=8, n_layer=1, n_head=2, n_embd=16))
+    model = CausalLM(TransformerConfig(vocab_size=20, block_size=8, n_layer=1, n_head=2, n_embd=16))
     opt = make_optimizer(model, TrainConfig(weight_decay=0.1))
     decay, no_decay = opt.param_groups
     assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
@@ -398,18 +398,20 @@ def test_eval_scores_a_language_model_on_a_text_file(trained_run, shakespeare_te
 
 
 def test_a_new_task_is_one_registry_entry(make_cfg, tmp_path, monkeypatch):
-    """A task registered under a new name trains, checkpoints and loads with no change to the loop or run code."""
+    """A task registered under a new name (and its model under the family's tasks) trains, checkpoints and loads
+    with no change to the loop or run code."""
     import dataclasses
 
     from minilm import tasks
-    from minilm.heads import CausalLM
+    from minilm.models import FAMILIES
+    from minilm.models.transformer.heads import CausalLM
     from minilm.tasks import causal_lm
 
     class OtherLM(CausalLM):
         """Stands in for the new task's own model."""
 
-    toy = dataclasses.replace(causal_lm.TASK, name="toy_lm", model=OtherLM)
-    monkeypatch.setitem(tasks.TASKS, "toy_lm", toy)
+    monkeypatch.setitem(tasks.TASKS, "toy_lm", dataclasses.replace(causal_lm.TASK, name="toy_lm"))
+    monkeypatch.setitem(FAMILIES["transformer"].tasks, "toy_lm", OtherLM)
     result = train(make_cfg("train.task=toy_lm", "train.max_steps=4", "train.eval_interval=2"))
     assert set(result) == {"val_loss", "val_ppl"}
     cfg, model, _ = load_run(tmp_path / "run")

@@ -1,4 +1,5 @@
-"""What a task is, and what every task's preparation shares: the tokenizer, the vocabulary size, init_from."""
+"""What a task is, and what every task's preparation shares: the tokenizer, the vocabulary size, init_from. A task
+names its data and metrics; its model comes from the model section's family (minilm/models)."""
 
 from __future__ import annotations
 
@@ -15,9 +16,10 @@ from minilm.data.prepared import Prepared, prepare
 from minilm.data.seq2seq import References
 from minilm.data.streaming import Streamed, open_stream
 from minilm.errors import ConfigError
+from minilm.models import check_task, family_of
+from minilm.runfiles import Weights
 from minilm.tokenizer import check_vocab, load_tokenizer, train_tokenizer
 
-State = dict[str, torch.Tensor]
 Collate = Callable[[list[dict]], dict[str, torch.Tensor]]
 
 
@@ -27,7 +29,7 @@ class Source:
 
     task: str  # the task its weights were trained for
     model: ModelConfig
-    state: State
+    state: Weights
     tokenizer: Tokenizer
     pooling: str | None = None  # how its sentence embeddings are pooled, where the folder says (sentence-transformers)
 
@@ -40,7 +42,7 @@ class TaskData:
     val: torch.utils.data.Dataset
     collate: Collate | None = None  # batches the training examples (None: default stacking)
     val_collate: Collate | None = None  # batches the validation examples
-    init_state: State | None = None  # weights from model.init_from, for the parts this task keeps
+    init_state: Weights | None = None  # weights from model.init_from, for the parts this task keeps
     references: References | None = None  # seq2seq: the validation sources with all their targets, to decode
 
 
@@ -49,7 +51,6 @@ class Task:
     """One entry of the registry (minilm/tasks/__init__.py): how a task's data, model and evaluation are built."""
 
     name: str
-    model: Callable[[ModelConfig], torch.nn.Module]  # the task model over the shared stack
     # (cfg, the tokenizer to use or None to get one, init_from's model or None) -> datasets and collators
     prepare: Callable[[Config, Tokenizer | None, Source | None], TaskData]
     # (a run's cfg, its tokenizer, files) -> a dataset and collator for `minilm eval RUN --data FILES`
@@ -59,7 +60,6 @@ class Task:
     perplexity: bool = False  # report exp(loss): the loss is a mean over tokens
     prepared: bool = False  # pretraining text: prepared token shards (what `minilm prepare` makes ahead) or a stream
     encoder_decoder: bool = False  # the model is an encoder-decoder (model.encoder_layers > 0)
-    recurrent: bool = True  # a recurrent stack (model.arch=rnn, lstm, gru, sru) can be trained for it
 
     def check(self, cfg: Config) -> None:
         """Before any work: the config asks for something this task can do."""
@@ -72,32 +72,24 @@ class Task:
             raise ConfigError(f"data.streaming=true is for pretraining text; train.task={self.name} reads its data "
                               "whole: set data.streaming=false")
         if not cfg.model.init_from:  # else the architecture comes from init_from: checked once it is loaded
-            self.check_model(cfg.model)
+            self.check_model(cfg, cfg.model)
 
-    def check_model(self, model: ModelConfig) -> None:
-        if model.recurrent and not self.recurrent:
-            raise ConfigError(f"train.task={self.name} needs a Transformer, not model.arch={model.arch}: set "
-                              "model.arch=transformer, or train.task=causal_lm or classify")
-        if model.recurrent and model.bidirectional and self.causal and not self.encoder_decoder:
-            raise ConfigError(f"train.task={self.name} predicts each token from the ones before it, which a "
-                              "bidirectional stack would see: set model.bidirectional=false")
+    def check_model(self, cfg: Config, model: ModelConfig) -> None:
+        """The model (known only once init_from is loaded, when it names one) can be trained for this task."""
+        check_task(model, self.name, self.causal)  # the family has a model for it, and this one can be trained so
         if self.encoder_decoder and not model.encoder_layers:
             raise ConfigError(f"train.task={self.name} trains an encoder-decoder: set model.encoder_layers (the "
                               "encoder's depth, e.g. 3)")
         if model.encoder_layers and not self.encoder_decoder:
             raise ConfigError(f"model.encoder_layers={model.encoder_layers} builds an encoder-decoder, which "
                               f"train.task={self.name} cannot train: set train.task=seq2seq, or model.encoder_layers=0")
-        if self.causal is not None and model.causal != self.causal:
-            other = "causal_lm" if model.causal else "masked_lm"
-            raise ConfigError(f"train.task={self.name} needs model.causal={str(self.causal).lower()}; this model is "
-                              f"{'causal (GPT)' if model.causal else 'bidirectional (BERT)'}: set train.task={other} "
-                              "or classify")
-
-
-def by_arch(transformer: type[torch.nn.Module],
-            recurrent: type[torch.nn.Module]) -> Callable[[ModelConfig], torch.nn.Module]:
-    """A task's model: the Transformer head, or its recurrent counterpart when model.arch is recurrent."""
-    return lambda model: (recurrent if model.recurrent else transformer)(model)
+        family = family_of(model)
+        if cfg.train.tbptt and family.state_from_tensors is None:
+            raise ConfigError(f"train.tbptt carries a state from block to block, which {family.name} models "
+                              f"(model.arch={model.arch}) do not have: set train.tbptt=false")
+        if cfg.train.gradient_checkpointing and family.checkpointing is None:
+            raise ConfigError(f"train.gradient_checkpointing is not available for {family.name} models "
+                              f"(model.arch={model.arch}): set it to false")
 
 
 def resolve_model(cfg: Config, source: Source | None) -> ModelConfig:
@@ -111,9 +103,7 @@ def resolve_model(cfg: Config, source: Source | None) -> ModelConfig:
         raise ConfigError(f"model.block_size={cfg.model.block_size} is beyond the position table of "
                           f"model.init_from ({src.block_size} positions): set model.block_size={src.block_size} "
                           "or less")
-    keep = {f: getattr(cfg.model, f) for f in ("dropout", "gradient_checkpointing", "init_from", "classifier_dropout",
-                                              "label_smoothing")}
-    return dataclasses.replace(src, **keep, num_labels=0)
+    return dataclasses.replace(src, dropout=cfg.model.dropout, init_from=cfg.model.init_from)
 
 
 def given_tokenizer(cfg: Config, tok: Tokenizer | None, source: Source | None) -> Tokenizer | None:

@@ -10,10 +10,7 @@ from minilm.config import Config
 from minilm.data.batch import this_process
 from minilm.data.lm import PackedBlocks, build_lm_datasets, build_streamed_lm_datasets
 from minilm.data.prepared import prepared_files
-from minilm.heads import CausalLM
-from minilm.recurrent_heads import RecurrentLM
-from minilm.tasks.base import (Source, Task, TaskData, by_arch, prepared_text, resolve_model, streamed_text,
-                               with_vocab)
+from minilm.tasks.base import Source, Task, TaskData, prepared_text, resolve_model, streamed_text, with_vocab
 
 
 def prepare(cfg: Config, tok: Tokenizer | None, source: Source | None) -> TaskData:
@@ -34,5 +31,5 @@ def eval_data(cfg: Config, tok: Tokenizer, files: list[str]) -> tuple[torch.util
         return PackedBlocks(data.stream("train"), cfg.model.block_size), None
 
 
-TASK = Task("causal_lm", by_arch(CausalLM, RecurrentLM), prepare, eval_data, metrics=lambda cfg: ("loss", "ppl"),
+TASK = Task("causal_lm", prepare, eval_data, metrics=lambda cfg: ("loss", "ppl"),
             causal=True, perplexity=True, prepared=True)

@@ -1,4 +1,5 @@
-"""classify: fine-tuning a classifier (BERT's pooled [CLS] or GPT's last token) on labelled tables."""
+"""classify: a classifier over any family's stack (BERT's pooled [CLS], GPT's last token, a recurrent stack's last
+states, or the mean or max of the tokens), fine-tuned or trained from scratch on labelled tables."""
 
 from __future__ import annotations
 
@@ -13,9 +14,8 @@ from minilm.data.batch import Shuffled
 from minilm.data.classify import (PadCollator, encode_table, iter_table_texts, label_names, load_table, pad_id,
                                   require_column, train_val_tables)
 from minilm.errors import ConfigError
-from minilm.heads import Classifier
-from minilm.recurrent_heads import RecurrentClassifier
-from minilm.tasks.base import Source, Task, TaskData, by_arch, choose_tokenizer, resolve_model, with_vocab
+from minilm.models import family_of
+from minilm.tasks.base import Source, Task, TaskData, choose_tokenizer, resolve_model, with_vocab
 
 
 def collator(cfg: Config, tok: Tokenizer) -> PadCollator:
@@ -31,12 +31,11 @@ def prepare(cfg: Config, tok: Tokenizer | None, source: Source | None) -> TaskDa
     tok = choose_tokenizer(cfg, tok, source, iter_table_texts(train_tab, cfg))
     cfg = with_vocab(cfg, resolve_model(cfg, source), tok)
     pooling = choose_pooling(cfg, source)
-    cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, num_labels=len(labels), pooling=pooling),
-                              classify=dataclasses.replace(cfg.classify, labels=labels, pooling=pooling))
-    cfg.model.validate()  # a pooling the model cannot do
+    cfg = dataclasses.replace(cfg, classify=dataclasses.replace(cfg.classify, labels=labels, pooling=pooling))
+    cfg.model.check(cfg)  # a pooling the model cannot do
     state = None
-    if source is not None:  # the pretrained stack (and BERT pooler); the source's task heads are dropped
-        keep = ("transformer.", "rnn.", "pooler.") if pooling == "cls" else ("transformer.", "rnn.")
+    if source is not None:  # the pretrained stack (and BERT's pooler, which a [CLS] classifier reads); heads dropped
+        keep = family_of(cfg.model).backbone + (("pooler.",) if pooling == "cls" else ())
         state = {k: v for k, v in source.state.items() if k.startswith(keep)}
     train = encode_table(train_tab, tok, cfg, labels, "data.train_files")
     val = encode_table(val_tab, tok, cfg, labels, "data.val_files")
@@ -53,8 +52,7 @@ def choose_pooling(cfg: Config, source: Source | None) -> str:
               f"does too (classify.pooling={source.pooling}; set classify.pooling=cls for a [CLS] pooler)",
               file=sys.stderr)
         return source.pooling
-    model = source.model if source is not None else cfg.model
-    return "last" if model.causal or model.recurrent else "cls"
+    return (source.model if source is not None else cfg.model).default_pooling()
 
 
 def eval_data(cfg: Config, tok: Tokenizer, files: list[str]) -> tuple[datasets.Dataset, PadCollator]:
@@ -73,4 +71,4 @@ def metrics(cfg: Config) -> tuple[str, ...]:
     return ("loss", "accuracy", "macro_f1", "f1", "mcc")  # f1: of label id 1, for two labels
 
 
-TASK = Task("classify", by_arch(Classifier, RecurrentClassifier), prepare, eval_data, metrics)
+TASK = Task("classify", prepare, eval_data, metrics)

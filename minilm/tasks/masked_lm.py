@@ -10,7 +10,6 @@ from minilm.config import Config
 from minilm.data.mlm import (MaskingCollator, build_block_datasets, build_eval_dataset, build_nsp_datasets,
                              build_streamed_block_datasets)
 from minilm.data.prepared import prepared_files
-from minilm.heads import MaskedLM
 from minilm.errors import ConfigError
 from minilm.tasks.base import Source, Task, TaskData, prepared_text, resolve_model, streamed_text, with_vocab
 
@@ -45,4 +44,4 @@ def metrics(cfg: Config) -> tuple[str, ...]:
     return ("mlm_loss", "mlm_acc", "nsp_acc") if cfg.data.nsp else ("mlm_loss", "mlm_acc")
 
 
-TASK = Task("masked_lm", MaskedLM, prepare, eval_data, metrics, causal=False, prepared=True, recurrent=False)
+TASK = Task("masked_lm", prepare, eval_data, metrics, causal=False, prepared=True)

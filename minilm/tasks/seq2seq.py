@@ -12,9 +12,7 @@ from minilm.data.batch import Shuffled
 from minilm.data.classify import load_table, train_val_tables
 from minilm.data.seq2seq import PairCollator, References, encode_pairs, end_id, table_texts
 from minilm.errors import ConfigError
-from minilm.heads import Seq2Seq
-from minilm.recurrent_heads import RecurrentSeq2Seq
-from minilm.tasks.base import Source, Task, TaskData, by_arch, choose_tokenizer, resolve_model, with_vocab
+from minilm.tasks.base import Source, Task, TaskData, choose_tokenizer, resolve_model, with_vocab
 
 
 def prepare(cfg: Config, tok: Tokenizer | None, source: Source | None) -> TaskData:
@@ -36,6 +34,6 @@ def eval_data(cfg: Config, tok: Tokenizer, files: list[str]) -> tuple[datasets.D
     return encode_pairs(load_table(files, "--data"), tok, cfg, files[0]), PairCollator(end_id(tok))
 
 
-TASK = Task("seq2seq", by_arch(Seq2Seq, RecurrentSeq2Seq), prepare, eval_data,
+TASK = Task("seq2seq", prepare, eval_data,
             metrics=lambda cfg: ("loss", "ppl", "token_acc", "seq_error", "token_error"), causal=True, perplexity=True,
             encoder_decoder=True)

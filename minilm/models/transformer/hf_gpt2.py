@@ -8,10 +8,11 @@ from typing import Any
 import torch
 from tokenizers import Tokenizer
 
-from minilm.config import ModelConfig
+from minilm.config import Config
 from minilm.errors import CheckpointError, ConfigError
-from minilm.hf.files import activation, plain, refuse_settings, take
-from minilm.runfiles import CONFIG_FILE, State
+from minilm.hf_files import activation, refuse_parts, plain, refuse_settings, take
+from minilm.runfiles import CONFIG_FILE, Weights
+from minilm.models.transformer.config import TransformerConfig
 from minilm.tokenizer import EOT
 
 # Our module names inside blocks.{i} -> GPT-2's inside h.{i}. GPT-2's Conv1D stores (in, out): the
@@ -37,26 +38,28 @@ def _gpt2_modules(n_layer: int) -> list[tuple[str, str, bool]]:
     return out + [("transformer.final_norm", "ln_f", True)]
 
 
-def check(cfg: ModelConfig) -> None:
+def check(full: Config) -> None:
+    cfg = full.model
+    refuse_parts(cfg, "GPT-2")
     if cfg.norm != "pre":
         raise CheckpointError(f"model.norm={cfg.norm!r} cannot be exported: GPT-2 is pre-LN, so only "
                               "model.norm='pre' runs can be written as a GPT-2 folder")
     if cfg.embedding_norm:
         raise CheckpointError("model.embedding_norm=true cannot be exported: GPT-2 has no LayerNorm after the "
                               "embeddings, so only runs trained without it can be written as a GPT-2 folder")
-    if cfg.num_labels:
+    if full.train.task == "classify":
         raise CheckpointError("a GPT classifier cannot be exported: GPT2ForSequenceClassification's head has no "
                               "bias and finds the last token by the pad id, unlike ours; export BERT classifiers "
                               "or GPT pretraining runs")
 
 
-def export(cfg: ModelConfig, model: torch.nn.Module, tok: Tokenizer) -> tuple[dict[str, Any], State]:
+def export(full: Config, model: torch.nn.Module, tok: Tokenizer) -> tuple[dict[str, Any], Weights]:
     """GPT-2 config.json and weights equivalent to our CausalLM."""
-    own = model.state_dict()
+    cfg, own = full.model, model.state_dict()
     # a sinusoidal table is a fixed wpe: writing it as GPT-2's learned table is exact for inference
     if cfg.position == "sinusoidal":
-        own["transformer.pos_emb.weight"] = model.transformer.pos_table
-    tensors: State = {}
+        own["transformer.pos_emb.weight"] = model.transformer.pos_emb.table()
+    tensors: Weights = {}
     for ours, theirs, has_bias in _gpt2_modules(cfg.n_layer):
         w = own[f"{ours}.weight"]
         tensors[f"transformer.{theirs}.weight"] = (w.t() if theirs.split(".", 2)[-1] in _CONV1D else w).contiguous()
@@ -77,13 +80,13 @@ def export(cfg: ModelConfig, model: torch.nn.Module, tok: Tokenizer) -> tuple[di
     return config, tensors
 
 
-def _config(raw: dict[str, Any], where: Path) -> ModelConfig:
+def _config(raw: dict[str, Any], where: Path) -> TransformerConfig:
     act = activation(raw, "activation_function", "gelu_new", where)
     refuse_settings(raw, {"scale_attn_weights": True, "scale_attn_by_inverse_layer_idx": False,
                           "add_cross_attention": False, "tie_word_embeddings": True}, "GPT-2", where)
     try:  # defaults are GPT2Config's: files saved by transformers may leave them out
         n_embd, n_inner = int(raw.get("n_embd", 768)), int(raw.get("n_inner") or 0)
-        cfg = ModelConfig(vocab_size=int(raw.get("vocab_size", 50257)), block_size=int(raw.get("n_positions", 1024)),
+        cfg = TransformerConfig(vocab_size=int(raw.get("vocab_size", 50257)), block_size=int(raw.get("n_positions", 1024)),
                           n_layer=int(raw.get("n_layer", 12)), n_head=int(raw.get("n_head", 12)),
                           n_embd=n_embd, d_ff=0 if n_inner == 4 * n_embd else n_inner,  # 0 means 4 * n_embd
                           dropout=float(raw.get("resid_pdrop", 0.1)),
@@ -94,8 +97,8 @@ def _config(raw: dict[str, Any], where: Path) -> ModelConfig:
     return cfg
 
 
-def load(raw: dict[str, Any], hf_state: State, where: Path) -> tuple[ModelConfig, State]:
-    """Our ModelConfig and state dict from a GPT-2 config.json and weights (GPT2Model or GPT2LMHeadModel)."""
+def load(raw: dict[str, Any], hf_state: Weights, where: Path) -> tuple[TransformerConfig, Weights]:
+    """Our TransformerConfig and state dict from a GPT-2 config.json and weights (GPT2Model or GPT2LMHeadModel)."""
     cfg = _config(raw, where)
     # GPT2LMHeadModel prefixes `transformer.`, GPT2Model does not; the masks are buffers, not weights
     hf = {k.removeprefix("transformer."): v for k, v in hf_state.items() if not k.endswith(_GPT2_BUFFERS)}
@@ -103,7 +106,7 @@ def load(raw: dict[str, Any], hf_state: State, where: Path) -> tuple[ModelConfig
     if head is not None and "wte.weight" in hf and not torch.equal(head, hf["wte.weight"]):
         raise CheckpointError(f"{str(where)!r}: lm_head.weight differs from wte.weight, but minilm ties them: "
                               "only GPT-2 models with tied embeddings can be loaded")
-    state: State = {}
+    state: Weights = {}
     for ours, theirs, has_bias in _gpt2_modules(cfg.n_layer):
         for suffix in ("weight", "bias") if has_bias else ("weight",):
             t = take(hf, f"{theirs}.{suffix}", where)

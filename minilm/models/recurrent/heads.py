@@ -1,5 +1,5 @@
-"""Task models over a recurrent stack (model.arch = rnn / lstm / gru / sru): the same tasks as heads.py's, each
-returning heads.TaskOutput with the stack's final state, which continues the sequence when passed back."""
+"""The recurrent family's task models over its stack (model.arch = rnn / lstm / gru / sru), each returning
+outputs.TaskOutput with the stack's final state, which continues the sequence when passed back."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from minilm.config import ModelConfig
-from minilm.heads import TaskOutput, classification_output, lm_loss
-from minilm.recurrent import RecurrentStack, last_states, pool
+from minilm.models.outputs import HeadConfig, TaskOutput, classification_output, lm_loss, pool
+from minilm.models.recurrent.config import RecurrentConfig
+from minilm.models.recurrent.model import RecurrentStack, RecurrentState, last_states
 
 
 class RecurrentLM(nn.Module):
@@ -21,13 +21,13 @@ class RecurrentLM(nn.Module):
     comes back with the logits: fed back with the next tokens, it continues the sequence (one cell update per
     sampled token)."""
 
-    def __init__(self, cfg: ModelConfig):
+    def __init__(self, cfg: RecurrentConfig, heads: HeadConfig = HeadConfig()):
         super().__init__()
-        self.cfg = cfg
+        self.cfg, self.label_smoothing = cfg, heads.label_smoothing
         self.rnn = RecurrentStack(cfg)
         self.out = nn.Linear(self.rnn.width, cfg.n_embd, bias=False) if self.rnn.width != cfg.n_embd else None
 
-    def forward(self, input_ids: torch.Tensor, labels: torch.Tensor | None = None, state: list | None = None,
+    def forward(self, input_ids: torch.Tensor, labels: torch.Tensor | None = None, state: RecurrentState | None = None,
                 last_only: bool = False) -> TaskOutput:
         h, state = self.rnn(input_ids, state=state)  # (B, T, width)
         if last_only:
@@ -37,7 +37,7 @@ class RecurrentLM(nn.Module):
         logits = F.linear(h, self.rnn.tok_emb.weight)  # (B, T, vocab), tied to the embedding
         if labels is None:
             return TaskOutput(logits, state=state)
-        out = lm_loss(logits, labels, self.cfg.label_smoothing, training=self.training)
+        out = lm_loss(logits, labels, self.label_smoothing, training=self.training)
         out.state = state
         return out
 
@@ -46,13 +46,13 @@ class RecurrentClassifier(nn.Module):
     """Sequence classification on a recurrent stack: the last states ("last"; a bidirectional stack adds its
     backward direction at the first token) or the mean / max over the real tokens -> dropout -> linear."""
 
-    def __init__(self, cfg: ModelConfig):
+    def __init__(self, cfg: RecurrentConfig, heads: HeadConfig = HeadConfig()):
         super().__init__()
         self.cfg = cfg
-        self.pooling = cfg.pooling or "last"
+        self.pooling = heads.pooling or cfg.default_pooling()
         self.rnn = RecurrentStack(cfg)
-        self.drop = nn.Dropout(cfg.classifier_dropout)
-        self.head = nn.Linear(self.rnn.width, cfg.num_labels)
+        self.drop = nn.Dropout(heads.classifier_dropout)
+        self.head = nn.Linear(self.rnn.width, heads.num_labels)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 segment_ids: torch.Tensor | None = None, labels: torch.Tensor | None = None) -> TaskOutput:
@@ -66,19 +66,19 @@ class RecurrentClassifier(nn.Module):
 
 
 @dataclass
-class Memory:
-    """What a recurrent decoder attends to, computed once per source."""
+class Encoded:
+    """The source as a recurrent decoder attends to it, computed once per source."""
 
     states: torch.Tensor  # (B, S, E) the encoder's top states, zeros at padding
     keys: torch.Tensor  # (B, S, A) additive attention's U e (dot attention: the states themselves)
     mask: torch.Tensor | None  # (B, S) 1 = real token
 
-    def expand(self, rows: int) -> Memory:
-        """One source's memory for `rows` beams (a view)."""
+    def expand(self, rows: int) -> Encoded:
+        """One source's encoding for `rows` beams (a view)."""
         if self.states.size(0) == rows:
             return self
         grow = lambda t: t.expand(rows, *t.shape[1:]) if t is not None else None  # noqa: E731
-        return Memory(grow(self.states), grow(self.keys), grow(self.mask))
+        return Encoded(grow(self.states), grow(self.keys), grow(self.mask))
 
 
 class RecurrentSeq2Seq(nn.Module):
@@ -89,9 +89,9 @@ class RecurrentSeq2Seq(nn.Module):
     [context; state]) is scored against the decoder's token table. Decoding carries the decoder's state.
     """
 
-    def __init__(self, cfg: ModelConfig):
+    def __init__(self, cfg: RecurrentConfig, heads: HeadConfig = HeadConfig()):
         super().__init__()
-        self.cfg = cfg
+        self.cfg, self.label_smoothing = cfg, heads.label_smoothing
         self.encoder = RecurrentStack(dataclasses.replace(cfg, n_layer=cfg.encoder_layers, encoder_layers=0),
                                       token_table=not cfg.share_embeddings)
         self.decoder = RecurrentStack(dataclasses.replace(cfg, bidirectional=False, encoder_layers=0))
@@ -103,37 +103,37 @@ class RecurrentSeq2Seq(nn.Module):
             self.score = nn.Linear(H, 1, bias=False)
         self.combine = nn.Linear(E + H, cfg.n_embd)
 
-    def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> Memory:
+    def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> Encoded:
         share = self.decoder.tok_emb if self.cfg.share_embeddings else None
         states, _ = self.encoder(input_ids, attention_mask, tok_emb=share)  # (B, S, E)
         keys = self.key(states) if self.cfg.attention == "additive" else states  # (B, S, A)
-        return Memory(states, keys, attention_mask)
+        return Encoded(states, keys, attention_mask)
 
-    def _attend(self, h: torch.Tensor, memory: Memory) -> torch.Tensor:
+    def _attend(self, h: torch.Tensor, encoded: Encoded) -> torch.Tensor:
         """Decoder states (B, T, H) -> attention-weighted encoder states (B, T, E)."""
         if self.cfg.attention == "dot":
-            scores = self.query(h) @ memory.keys.transpose(1, 2)  # (B, T, S)
+            scores = self.query(h) @ encoded.keys.transpose(1, 2)  # (B, T, S)
         else:
-            scores = self.score(torch.tanh(self.query(h)[:, :, None] + memory.keys[:, None])).squeeze(-1)  # (B, T, S)
-        if memory.mask is not None:
-            scores = scores.masked_fill(memory.mask[:, None] == 0, float("-inf"))
-        return torch.softmax(scores.float(), -1).to(h.dtype) @ memory.states  # (B, T, E)
+            scores = self.score(torch.tanh(self.query(h)[:, :, None] + encoded.keys[:, None])).squeeze(-1)  # (B, T, S)
+        if encoded.mask is not None:
+            scores = scores.masked_fill(encoded.mask[:, None] == 0, float("-inf"))
+        return torch.softmax(scores.float(), -1).to(h.dtype) @ encoded.states  # (B, T, E)
 
     def forward(self, input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
                 decoder_input_ids: torch.Tensor | None = None, decoder_attention_mask: torch.Tensor | None = None,
-                labels: torch.Tensor | None = None, memory: Memory | None = None, state: list | None = None,
+                labels: torch.Tensor | None = None, encoded: Encoded | None = None, state: RecurrentState | None = None,
                 last_only: bool = False) -> TaskOutput:
-        """As Seq2Seq: source (B, S), decoder input (B, T) -> logits (B, T, vocab); decoding passes `memory` and
+        """As Seq2Seq: source (B, S), decoder input (B, T) -> logits (B, T, vocab); decoding passes `encoded` and
         the decoder `state` instead (the target is right-padded, so its padding never reaches a real position)."""
-        if memory is None:
-            memory = self.encode(input_ids, attention_mask)
+        if encoded is None:
+            encoded = self.encode(input_ids, attention_mask)
         h, state = self.decoder(decoder_input_ids, state=state)  # (B, T, H)
         if last_only:
             h = h[:, -1:]  # (B, 1, H)
-        out = torch.tanh(self.combine(torch.cat([self._attend(h, memory), h], -1)))  # (B, T, n_embd)
+        out = torch.tanh(self.combine(torch.cat([self._attend(h, encoded), h], -1)))  # (B, T, n_embd)
         logits = F.linear(out, self.decoder.tok_emb.weight)  # (B, T, vocab)
         if labels is None:
             return TaskOutput(logits, state=state)
-        result = lm_loss(logits, labels, self.cfg.label_smoothing, training=self.training, accuracy=True)
+        result = lm_loss(logits, labels, self.label_smoothing, training=self.training, accuracy=True)
         result.state = state
         return result

@@ -10,10 +10,13 @@ from typing import Any
 import torch
 from tokenizers import Tokenizer
 
-from minilm.config import BERT_ARCH, ModelConfig
+from minilm.config import Config
 from minilm.errors import CheckpointError, ConfigError
-from minilm.hf.files import activation, plain, refuse_settings, take
-from minilm.runfiles import CONFIG_FILE, State
+from minilm.hf_files import activation, refuse_parts, plain, refuse_settings, take
+from minilm.runfiles import CONFIG_FILE, Weights
+from minilm.models.transformer.config import TransformerConfig
+from minilm.models.transformer.config import BERT_ARCH
+from minilm.models.transformer.heads import MLMHead, Pooler
 from minilm.tokenizer import PAD
 
 # Our module names inside blocks.{i} -> BERT's inside encoder.layer.{i}; all nn.Linear / LayerNorm with the same
@@ -58,9 +61,11 @@ def _bert_modules(n_layer: int) -> list[tuple[str, str, bool]]:
     return out
 
 
-def check(cfg: ModelConfig) -> None:
-    if cfg.num_labels and cfg.pooling not in ("", "cls"):
-        raise CheckpointError(f"a classifier with classify.pooling={cfg.pooling} cannot be exported: "
+def check(full: Config) -> None:
+    cfg = full.model
+    refuse_parts(cfg, "BERT")
+    if full.train.task == "classify" and full.classify.pooling not in (None, "cls"):
+        raise CheckpointError(f"a classifier with classify.pooling={full.classify.pooling} cannot be exported: "
                               "BertForSequenceClassification reads the pooled [CLS]; fine-tune with classify.pooling=cls "
                               "to export")
     if cfg.norm != "post":
@@ -71,14 +76,14 @@ def check(cfg: ModelConfig) -> None:
                               "embeddings, so only runs trained with it (the bert-* presets) can be written as a BERT folder")
 
 
-def export(cfg: ModelConfig, model: torch.nn.Module, tok: Tokenizer) -> tuple[dict[str, Any], State]:
+def export(full: Config, model: torch.nn.Module, tok: Tokenizer) -> tuple[dict[str, Any], Weights]:
     """BertForPreTraining config.json and weights equivalent to our MaskedLM (BertForSequenceClassification for
     a Classifier)."""
-    own = model.state_dict()
-    classifier = cfg.num_labels > 0
+    cfg, own = full.model, model.state_dict()
+    classifier = full.train.task == "classify"
     C = cfg.n_embd
     if cfg.position == "sinusoidal":  # a fixed table is a learned one that never moved: exact for inference
-        own["transformer.pos_emb.weight"] = model.transformer.pos_table
+        own["transformer.pos_emb.weight"] = model.transformer.pos_emb.table()
     n_types = cfg.type_vocab_size or 2
     if not cfg.type_vocab_size:  # no segment embeddings is BERT's with all-zero rows
         own["transformer.seg_emb.weight"] = torch.zeros(n_types, C)
@@ -86,7 +91,7 @@ def export(cfg: ModelConfig, model: torch.nn.Module, tok: Tokenizer) -> tuple[di
     def bias(ours: str, n: int) -> torch.Tensor:  # bias=False is exactly BERT with zero biases
         return own.get(f"{ours}.bias", torch.zeros(n, dtype=own[f"{ours}.weight"].dtype))
 
-    tensors: State = {}
+    tensors: Weights = {}
     heads = _BERT_CLASSIFIER if classifier else [m for g in _BERT_HEADS.values() for m in g]
     for ours, theirs, has_bias in _bert_modules(cfg.n_layer) + [m + (True,) for m in heads]:
         w = own[f"{ours}.weight"]
@@ -114,27 +119,25 @@ def export(cfg: ModelConfig, model: torch.nn.Module, tok: Tokenizer) -> tuple[di
         "pad_token_id": tok.token_to_id(PAD), "tie_word_embeddings": True,
     }
     if classifier:
-        config["classifier_dropout"] = cfg.classifier_dropout
+        config["classifier_dropout"] = full.classify.dropout
     return config, tensors
 
 
-def _fresh_heads(cfg: ModelConfig, groups: list[str]) -> State:
+def _fresh_heads(cfg: TransformerConfig, groups: list[str]) -> Weights:
     """Newly initialized head weights (as MaskedLM builds them; seeded, without touching the global RNG)."""
-    from minilm.heads import MLMHead, Pooler
-
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         modules = {"pooler": Pooler(cfg), "mlm": MLMHead(cfg), "nsp": torch.nn.Linear(cfg.n_embd, 2)}
     return {f"{g}.{k}": v for g in groups for k, v in modules[g].state_dict().items()}
 
 
-def _config(raw: dict[str, Any], where: Path) -> ModelConfig:
+def _config(raw: dict[str, Any], where: Path) -> TransformerConfig:
     act = activation(raw, "hidden_act", "gelu", where)
     refuse_settings(raw, {"position_embedding_type": "absolute", "is_decoder": False, "add_cross_attention": False,
                           "tie_word_embeddings": True}, "BERT", where)
     try:  # defaults are BertConfig's: files saved by transformers may leave them out
         n_embd, inner = int(raw.get("hidden_size", 768)), int(raw.get("intermediate_size", 3072))
-        cfg = ModelConfig(**{**BERT_ARCH, "vocab_size": int(raw.get("vocab_size", 30522)),
+        cfg = TransformerConfig(**{**BERT_ARCH, "vocab_size": int(raw.get("vocab_size", 30522)),
                              "block_size": int(raw.get("max_position_embeddings", 512)),
                              "n_layer": int(raw.get("num_hidden_layers", 12)),
                              "n_head": int(raw.get("num_attention_heads", 12)), "n_embd": n_embd,
@@ -151,10 +154,10 @@ def _config(raw: dict[str, Any], where: Path) -> ModelConfig:
     return cfg
 
 
-def _bert_names(hf_state: State) -> State:
+def _bert_names(hf_state: Weights) -> Weights:
     """BertForPreTraining's names: BertModel saves without the `bert.` prefix, the BertFor* models with it;
     TF-converted files say gamma/beta; fine-tuning heads and old buffers are dropped."""
-    hf: State = {}
+    hf: Weights = {}
     for k, v in hf_state.items():
         k = k if k.startswith(("bert.", "cls.")) or k.startswith(_BERT_IGNORED) else f"bert.{k}"
         if k.endswith(".gamma") or k.endswith(".beta"):
@@ -164,9 +167,9 @@ def _bert_names(hf_state: State) -> State:
     return hf
 
 
-def _encoder(hf: State, cfg: ModelConfig, where: Path) -> State:
+def _encoder(hf: Weights, cfg: TransformerConfig, where: Path) -> Weights:
     """The stack's weights, taken out of `hf`; BERT's separate query / key / value become our fused qkv."""
-    state: State = {}
+    state: Weights = {}
     for ours, theirs, has_bias in _bert_modules(cfg.n_layer):
         for suffix in ("weight", "bias") if has_bias else ("weight",):
             state[f"{ours}.{suffix}"] = take(hf, f"{theirs}.{suffix}", where)
@@ -177,7 +180,7 @@ def _encoder(hf: State, cfg: ModelConfig, where: Path) -> State:
     return state
 
 
-def _heads(hf: State, embedding: torch.Tensor, where: Path) -> tuple[State, list[str]]:
+def _heads(hf: Weights, embedding: torch.Tensor, where: Path) -> tuple[Weights, list[str]]:
     """The pooler, MLM and NSP heads the folder has, each as a whole or not at all, and the names of those it
     lacks; the MLM decoder must be the (tied) word embeddings."""
     decoder, decoder_bias = hf.pop("cls.predictions.decoder.weight", None), hf.pop("cls.predictions.decoder.bias", None)
@@ -185,7 +188,7 @@ def _heads(hf: State, embedding: torch.Tensor, where: Path) -> tuple[State, list
         raise CheckpointError(f"{str(where)!r}: cls.predictions.decoder.weight differs from the word embeddings, but "
                               "minilm ties them: only BERT models with tied embeddings can be loaded")
     out_bias = hf.pop("cls.predictions.bias", decoder_bias)
-    state: State = {}
+    state: Weights = {}
     missing = []
     for group, modules in _BERT_HEADS.items():
         names = [(f"{ours}.{s}", f"{theirs}.{s}") for ours, theirs in modules for s in ("weight", "bias")]
@@ -202,8 +205,8 @@ def _heads(hf: State, embedding: torch.Tensor, where: Path) -> tuple[State, list
     return state, missing
 
 
-def load(raw: dict[str, Any], hf_state: State, where: Path) -> tuple[ModelConfig, State]:
-    """Our ModelConfig and MaskedLM state dict from a BERT config.json and weights.
+def load(raw: dict[str, Any], hf_state: Weights, where: Path) -> tuple[TransformerConfig, Weights]:
+    """Our TransformerConfig and MaskedLM state dict from a BERT config.json and weights.
 
     BertModel / BertForPreTraining / BertForMaskedLM / BertForSequenceClassification folders all load: heads the
     folder lacks (pooler, MLM, NSP) start from a fresh initialization, fine-tuning heads (classifier) are ignored.

@@ -1,44 +1,26 @@
-"""Task models: small heads over the shared Transformer stack, each returning logits and its own loss."""
+"""The Transformer family's task models: small heads over the stack, each returning logits and its own loss
+through the shared contract (minilm/models/outputs.py)."""
 
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from minilm.config import ModelConfig
 from minilm.data.batch import IGNORE
-from minilm.model import KVCache, Transformer
-from minilm.recurrent import pool
-
-
-@dataclass
-class Sums:
-    """One evaluation metric as per-example sums and counts: its value is sum(total) / sum(count) over the set."""
-
-    total: torch.Tensor  # (B,)
-    count: torch.Tensor  # (B,)
-
-
-@dataclass
-class TaskOutput:
-    logits: torch.Tensor | None
-    loss: torch.Tensor | None = None
-    metrics: dict[str, Sums] = field(default_factory=dict)  # evaluation only
-    predictions: tuple[torch.Tensor, torch.Tensor] | None = None  # evaluation of classifiers: (preds, targets), (B,) each
-    aux_logits: torch.Tensor | None = None  # a second head's output (BERT: next-sentence logits)
-    state: list | None = None  # a recurrent stack's final state per layer (it continues the sequence)
+from minilm.models.outputs import HeadConfig, Sums, TaskOutput, classification_output, lm_loss, pool
+from minilm.models.transformer.config import TransformerConfig
+from minilm.models.transformer.model import KVCache, Transformer
 
 
 class CausalLM(nn.Module):
     """GPT: the stack with causal attention and an LM head tied to the token embedding."""
 
-    def __init__(self, cfg: ModelConfig):
+    def __init__(self, cfg: TransformerConfig, heads: HeadConfig = HeadConfig()):
         super().__init__()
-        self.cfg = cfg
+        self.cfg, self.label_smoothing = cfg, heads.label_smoothing
         self.transformer = Transformer(cfg)
 
     def forward(self, input_ids: torch.Tensor, labels: torch.Tensor | None = None,
@@ -50,28 +32,10 @@ class CausalLM(nn.Module):
         logits = F.linear(h, self.transformer.tok_emb.weight)  # (B, T, vocab), weights tied to the embedding
         if labels is None:
             return TaskOutput(logits)
-        return lm_loss(logits, labels, self.cfg.label_smoothing, training=self.training)
+        return lm_loss(logits, labels, self.label_smoothing, training=self.training)
 
 
-def lm_loss(logits: torch.Tensor, labels: torch.Tensor, label_smoothing: float, training: bool,
-            accuracy: bool = False) -> TaskOutput:
-    """Mean cross-entropy over labelled positions (label-smoothed in training); for evaluation the plain
-    cross-entropy as per-example sums and counts, and with `accuracy` the share of tokens predicted right."""
-    flat = logits.reshape(-1, logits.size(-1)).float()  # (N, vocab)
-    if training:
-        return TaskOutput(logits, F.cross_entropy(flat, labels.reshape(-1), ignore_index=IGNORE,
-                                                  label_smoothing=label_smoothing))
-    per_token = F.cross_entropy(flat, labels.reshape(-1), ignore_index=IGNORE, reduction="none").view(labels.shape)
-    count = (labels != IGNORE).sum(-1)  # (B,)
-    loss = per_token.sum() / count.sum().clamp(min=1)
-    out = TaskOutput(logits, loss, {"loss": Sums(per_token.sum(-1), count)})
-    if accuracy:
-        right = (logits.argmax(-1) == labels) & (labels != IGNORE)  # (B, T)
-        out.metrics["token_acc"] = Sums(right.sum(-1).float(), count)
-    return out
-
-
-def encoder_config(cfg: ModelConfig) -> ModelConfig:
+def encoder_config(cfg: TransformerConfig) -> TransformerConfig:
     """An encoder-decoder's encoder: model.encoder_layers bidirectional Blocks, otherwise the decoder's settings."""
     return dataclasses.replace(cfg, n_layer=cfg.encoder_layers, causal=False, encoder_layers=0)
 
@@ -84,9 +48,9 @@ class Seq2Seq(nn.Module):
     With model.share_embeddings the encoder reads the decoder's token table (one vocabulary for both sides).
     """
 
-    def __init__(self, cfg: ModelConfig):
+    def __init__(self, cfg: TransformerConfig, heads: HeadConfig = HeadConfig()):
         super().__init__()
-        self.cfg = cfg
+        self.cfg, self.label_smoothing = cfg, heads.label_smoothing
         self.encoder = Transformer(encoder_config(cfg), token_table=not cfg.share_embeddings)
         self.decoder = Transformer(cfg)
 
@@ -110,13 +74,13 @@ class Seq2Seq(nn.Module):
         logits = F.linear(h, self.decoder.tok_emb.weight)  # (B, T, vocab), tied to the target embedding
         if labels is None:
             return TaskOutput(logits)
-        return lm_loss(logits, labels, self.cfg.label_smoothing, training=self.training, accuracy=True)
+        return lm_loss(logits, labels, self.label_smoothing, training=self.training, accuracy=True)
 
 
 class Pooler(nn.Module):
     """BERT's sentence summary: the [CLS] hidden state -> dense -> tanh."""
 
-    def __init__(self, cfg: ModelConfig):
+    def __init__(self, cfg: TransformerConfig):
         super().__init__()
         self.dense = nn.Linear(cfg.n_embd, cfg.n_embd)
 
@@ -127,7 +91,7 @@ class Pooler(nn.Module):
 class MLMHead(nn.Module):
     """dense -> GELU -> LayerNorm -> decoder tied to the token embedding, plus an output bias."""
 
-    def __init__(self, cfg: ModelConfig):
+    def __init__(self, cfg: TransformerConfig):
         super().__init__()
         self.dense = nn.Linear(cfg.n_embd, cfg.n_embd)
         self.approximate = "tanh" if cfg.activation == "gelu_tanh" else "none"
@@ -147,7 +111,7 @@ class MaskedLM(nn.Module):
     (fill-mask) every position gets its logits.
     """
 
-    def __init__(self, cfg: ModelConfig):
+    def __init__(self, cfg: TransformerConfig, heads: HeadConfig = HeadConfig()):
         super().__init__()
         self.cfg = cfg
         self.transformer = Transformer(cfg)
@@ -159,45 +123,49 @@ class MaskedLM(nn.Module):
                 attention_mask: torch.Tensor | None = None, labels: torch.Tensor | None = None,
                 next_sentence_label: torch.Tensor | None = None) -> TaskOutput:
         h = self.transformer(input_ids, segment_ids, attention_mask)  # (B, T, C)
-        nsp_logits = self.nsp(self.pooler(h))  # (B, 2)
         emb = self.transformer.tok_emb.weight
         if labels is None:  # fill-mask: every position
-            return TaskOutput(self.mlm(h, emb), aux_logits=nsp_logits)  # (B, T, vocab)
+            return TaskOutput(self.mlm(h, emb))  # (B, T, vocab)
         picked = labels != IGNORE  # (B, T)
         rows = picked.nonzero()[:, 0]  # (N,) example index of each masked position
         target = labels[picked]  # (N,)
         logits = self.mlm(h[picked], emb)  # (N, vocab)
         per_token = F.cross_entropy(logits.float(), target, reduction="none")  # (N,)
         loss = per_token.mean() if len(target) else logits.sum() * 0  # 0 keeps the graph
-        out = TaskOutput(logits, loss, aux_logits=nsp_logits)
+        out = TaskOutput(logits, loss)
         if not self.training:  # per-example sums and counts for evaluation
             zeros = torch.zeros(h.size(0), device=h.device)
             count = zeros.index_add(0, rows, torch.ones_like(per_token))
             out.metrics["mlm_loss"] = Sums(zeros.index_add(0, rows, per_token), count)
             out.metrics["mlm_acc"] = Sums(zeros.index_add(0, rows, (logits.argmax(-1) == target).float()), count)
         if next_sentence_label is not None:
+            nsp_logits = self.next_sentence(h)  # (B, 2)
             out.loss = out.loss + F.cross_entropy(nsp_logits.float(), next_sentence_label)
             if not self.training:
                 right = (nsp_logits.argmax(-1) == next_sentence_label).float()
                 out.metrics["nsp_acc"] = Sums(right, torch.ones_like(right))
         return out
 
+    def next_sentence(self, h: torch.Tensor) -> torch.Tensor:
+        """Next-sentence logits (B, 2) from the stack's output (B, T, C): the pooled [CLS] -> linear."""
+        return self.nsp(self.pooler(h))
+
 
 class Classifier(nn.Module):
-    """Sequence classification: a summary of the sequence -> dropout -> linear. The summary (model.pooling) is
+    """Sequence classification: a summary of the sequence -> dropout -> linear. The summary (classify.pooling) is
     BERT's pooled [CLS] ("cls", BERT's default), the hidden state of the last real token ("last", GPT-1 style,
     GPT's default) or the mean over the real tokens ("mean", as sentence-transformers pools). Positions count
     from the first real token so that left and right padding give the same result.
     """
 
-    def __init__(self, cfg: ModelConfig):
+    def __init__(self, cfg: TransformerConfig, heads: HeadConfig = HeadConfig()):
         super().__init__()
         self.cfg = cfg
-        self.pooling = cfg.pooling or ("last" if cfg.causal else "cls")
+        self.pooling = heads.pooling or cfg.default_pooling()
         self.transformer = Transformer(cfg)
         self.pooler = Pooler(cfg) if self.pooling == "cls" else None
-        self.drop = nn.Dropout(cfg.classifier_dropout)
-        self.head = nn.Linear(cfg.n_embd, cfg.num_labels)
+        self.drop = nn.Dropout(heads.classifier_dropout)
+        self.head = nn.Linear(cfg.n_embd, heads.num_labels)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 segment_ids: torch.Tensor | None = None, labels: torch.Tensor | None = None) -> TaskOutput:
@@ -217,15 +185,3 @@ class Classifier(nn.Module):
             pooled = self.pooler(h[rows, first][:, None])  # (B, C)
         logits = self.head(self.drop(pooled))  # (B, num_labels)
         return classification_output(logits, labels, self.training)
-
-
-def classification_output(logits: torch.Tensor, labels: torch.Tensor | None, training: bool) -> TaskOutput:
-    """Cross-entropy over the labels; for evaluation also per-example losses and the predictions."""
-    if labels is None:
-        return TaskOutput(logits)
-    per_example = F.cross_entropy(logits.float(), labels, reduction="none")  # (B,)
-    out = TaskOutput(logits, per_example.mean())
-    if not training:
-        out.metrics["loss"] = Sums(per_example, torch.ones_like(per_example))
-        out.predictions = (logits.argmax(-1), labels)
-    return out

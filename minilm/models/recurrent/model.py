@@ -1,6 +1,6 @@
 """Recurrent stacks: token embedding -> n_layer recurrent layers (dropout between, optional residuals) -> states.
 
-The second model family beside the Transformer (model.arch): Elman RNN (tanh), LSTM and GRU on torch's own
+The recurrent family's stack (model.arch): Elman RNN (tanh), LSTM and GRU on torch's own
 modules, one layer per module so that dropout and residuals sit between layers as configured, and SRU
 (Lei et al. 2018) written here. Read bottom-up: the SRU recurrence, the SRU layer, one layer of any kind,
 the stack. Padding is handled exactly: torch's modules read packed sequences, SRU carries its state through
@@ -13,9 +13,49 @@ import torch
 import torch.nn as nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from minilm.config import ModelConfig
+from minilm.models.recurrent.config import RecurrentConfig
 
-State = list  # one entry per layer: (h, c) for an LSTM, h for RNN / GRU, c for SRU; each (dirs, B, H)
+
+class RecurrentState:
+    """The state a recurrent stack ended in, one entry per layer: (h, c) for an LSTM, h for an RNN or GRU, c for an
+    SRU, each (dirs, B, H). Passed back with the next tokens it continues the sequence (sampling, truncated BPTT)."""
+
+    def __init__(self, layers: list):
+        self.layers = layers
+
+    def __getitem__(self, layer: int):
+        return self.layers[layer]
+
+    def _map(self, fn) -> RecurrentState:
+        return RecurrentState([tuple(fn(t) for t in s) if isinstance(s, tuple) else fn(s) for s in self.layers])
+
+    def detach(self) -> RecurrentState:
+        """The state without its history (truncated BPTT: gradients stop at the block boundary)."""
+        return self._map(torch.Tensor.detach)
+
+    def reorder(self, rows: torch.Tensor) -> RecurrentState:
+        """Row rows[i] of every layer's state as row i (beam search)."""
+        return self._map(lambda t: t.index_select(1, rows))  # (dirs, B, H)
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        """The state as named tensors ("layer.part"), for a checkpoint."""
+        out = {}
+        for i, s in enumerate(self.layers):
+            for j, t in enumerate(s if isinstance(s, tuple) else (s,)):
+                out[f"{i}.{j}"] = t.detach().cpu().contiguous()
+        return out
+
+    @classmethod
+    def from_tensors(cls, tensors: dict[str, torch.Tensor], device: torch.device) -> RecurrentState | None:
+        """The inverse of tensors(): an LSTM layer's two parts become (h, c) again; no tensors (no state yet): None."""
+        if not tensors:
+            return None
+        layers: dict[int, list[tuple[int, torch.Tensor]]] = {}
+        for name, t in tensors.items():
+            i, j = map(int, name.split("."))
+            layers.setdefault(i, []).append((j, t.to(device)))
+        parts = [[t for _, t in sorted(layers[i])] for i in sorted(layers)]
+        return cls([tuple(p) if len(p) > 1 else p[0] for p in parts])
 
 
 def sru_recurrence(x_tilde: torch.Tensor, f_in: torch.Tensor, r_in: torch.Tensor, highway: torch.Tensor,
@@ -112,7 +152,7 @@ class RecurrentStack(nn.Module):
     x + layer(x) wherever the widths agree. Returns the last layer's states (B, T, dirs * H) and each layer's
     final state, which continues the sequence when passed back (sampling, truncated BPTT)."""
 
-    def __init__(self, cfg: ModelConfig, token_table: bool = True):
+    def __init__(self, cfg: RecurrentConfig, token_table: bool = True):
         super().__init__()
         self.cfg = cfg
         H, dirs = cfg.rnn_hidden, 2 if cfg.bidirectional else 1
@@ -128,8 +168,9 @@ class RecurrentStack(nn.Module):
     def width(self) -> int:
         return self.cfg.rnn_hidden * (2 if self.cfg.bidirectional else 1)
 
-    def forward(self, idx: torch.Tensor, attention_mask: torch.Tensor | None = None, state: State | None = None,
-                tok_emb: nn.Embedding | None = None) -> tuple[torch.Tensor, State]:
+    def forward(self, idx: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                state: RecurrentState | None = None,
+                tok_emb: nn.Embedding | None = None) -> tuple[torch.Tensor, RecurrentState]:
         """idx (B, T), attention_mask (B, T) with right padding (1 = real token) -> (B, T, width), state."""
         lengths = None if attention_mask is None or bool(attention_mask.all()) else attention_mask.sum(-1)
         x = self.drop((tok_emb or self.tok_emb)(idx))  # (B, T, n_embd)
@@ -139,39 +180,7 @@ class RecurrentStack(nn.Module):
             y = self.drop(y)
             x = x + y if self.cfg.residual and y.shape == x.shape else y
             new_state.append(s)
-        return x, new_state
-
-
-def reorder_state(state: State, rows: torch.Tensor) -> State:
-    """Keep row rows[i] of every layer's state as row i (beam search)."""
-    pick = lambda t: t.index_select(1, rows)  # noqa: E731  (dirs, B, H)
-    return [tuple(pick(t) for t in s) if isinstance(s, tuple) else pick(s) for s in state]
-
-
-def detach_state(state: State) -> State:
-    """The state without its history (truncated BPTT: gradients stop at the block boundary)."""
-    return [tuple(t.detach() for t in s) if isinstance(s, tuple) else s.detach() for s in state]
-
-
-def state_tensors(state: State | None) -> dict[str, torch.Tensor]:
-    """A state as named tensors ("layer.part"), for a checkpoint; None (no state yet) is an empty dict."""
-    out = {}
-    for i, s in enumerate(state or []):
-        for j, t in enumerate(s if isinstance(s, tuple) else (s,)):
-            out[f"{i}.{j}"] = t.detach().cpu().contiguous()
-    return out
-
-
-def state_from_tensors(tensors: dict[str, torch.Tensor], device: torch.device) -> State | None:
-    """The inverse of state_tensors: an LSTM layer's two parts become (h, c) again."""
-    if not tensors:
-        return None
-    layers: dict[int, list[tuple[int, torch.Tensor]]] = {}
-    for name, t in tensors.items():
-        i, j = map(int, name.split("."))
-        layers.setdefault(i, []).append((j, t.to(device)))
-    parts = [[t for _, t in sorted(layers[i])] for i in sorted(layers)]
-    return [tuple(p) if len(p) > 1 else p[0] for p in parts]
+        return x, RecurrentState(new_state)
 
 
 def last_states(h: torch.Tensor, attention_mask: torch.Tensor | None, bidirectional: bool) -> torch.Tensor:
@@ -184,12 +193,3 @@ def last_states(h: torch.Tensor, attention_mask: torch.Tensor | None, bidirectio
         return h[rows, last.to(h.device)]  # (B, W)
     half = W // 2
     return torch.cat([h[rows, last.to(h.device), :half], h[:, 0, half:]], -1)  # (B, W)
-
-
-def pool(h: torch.Tensor, attention_mask: torch.Tensor | None, how: str) -> torch.Tensor:
-    """mean or max over the real tokens, (B, T, W) -> (B, W)."""
-    mask = (attention_mask if attention_mask is not None else h.new_ones(h.shape[:2])).to(h.dtype)[..., None]
-    if how == "max":
-        return h.masked_fill(mask == 0, float("-inf")).amax(1)
-    return (h * mask).sum(1) / mask.sum(1).clamp(min=1)
-

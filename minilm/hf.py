@@ -3,7 +3,7 @@ BERT classifier -> BertForSequenceClassification, encoder-decoder -> BartForCond
 GPT-2 / BERT / BART folders and minilm runs.
 
 Only the file layout is involved (safetensors, json, tokenizers), so this module never imports `transformers`.
-Each direction dispatches on the model kind through the `_EXPORTERS` / `_IMPORTERS` tables.
+The layouts themselves are declared by the model families (`Family.hf_export`, `Family.hf_import`).
 """
 
 from __future__ import annotations
@@ -13,32 +13,18 @@ import os
 import shutil
 import uuid
 from pathlib import Path
-from typing import Any, Callable
 
 import torch
 from safetensors.torch import save_file
 from tokenizers import Tokenizer
 
-from minilm.config import ModelConfig
 from minilm.errors import CheckpointError
-from minilm.hf import bart, bert, gpt2
-from minilm.hf.files import hf_tokenizer, read_json, read_weights, tokenizer_config, wordpiece_vocab
+from minilm.hf_files import hf_tokenizer, read_json, read_weights, tokenizer_config, wordpiece_vocab
+from minilm.models import FAMILIES, HFImport, build_model, family_of, task_model
 from minilm.run import load_run, read_config, read_tokenizer
-from minilm.runfiles import CONFIG_FILE, MODEL_FILE, TOKENIZER_FILE, State, check_state, read_safetensors, shapes
-from minilm.tasks import Source, get_task
+from minilm.runfiles import CONFIG_FILE, MODEL_FILE, TOKENIZER_FILE, check_state, read_safetensors, shapes
+from minilm.tasks import Source
 from minilm.tokenizer import check_vocab
-
-# kind -> (check the config before loading weights, build config.json + weights)
-_EXPORTERS: dict[str, tuple[Callable[[ModelConfig], None],
-                            Callable[[ModelConfig, torch.nn.Module, Tokenizer], tuple[dict[str, Any], State]]]] = {
-    "gpt2": (gpt2.check, gpt2.export),
-    "bert": (bert.check, bert.export),
-    "bart": (bart.check, bart.export),
-}
-
-
-def _model_kind(cfg: ModelConfig) -> str:
-    return "bart" if cfg.encoder_layers else "gpt2" if cfg.causal else "bert"
 
 
 def _check_out_dir(out_dir: Path) -> None:
@@ -52,17 +38,18 @@ def export_hf(run_dir: Path, out_dir: Path) -> None:
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     full = read_config(run_dir)
     cfg = full.model  # refuse what cannot be exported before loading any weights
-    if cfg.recurrent:
-        raise CheckpointError(f"a model.arch={cfg.arch} run has no transformers layout to export to: its weights are "
-                              f"{MODEL_FILE} (safetensors) in {str(run_dir)!r}, read by `minilm` itself")
-    check, build = _EXPORTERS[_model_kind(cfg)]
-    check(cfg)
+    family = family_of(cfg)
+    if family.hf_export is None:
+        raise CheckpointError(f"a {family.name} run (model.arch={cfg.arch}) has no transformers layout to export to: "
+                              f"its weights are {MODEL_FILE} (safetensors) in {str(run_dir)!r}, read by `minilm` itself")
+    layout = family.hf_export(full)
+    layout.check(full)
     _check_out_dir(out_dir)
     _, model, tok = load_run(run_dir)
-    config, tensors = build(cfg, model, tok)
-    if cfg.num_labels:  # label names in id order, as transformers' pipelines show them
-        labels = full.classify.labels or [f"LABEL_{i}" for i in range(cfg.num_labels)]
-        config.update(num_labels=cfg.num_labels, id2label={str(i): name for i, name in enumerate(labels)},
+    config, tensors = layout.build(full, model, tok)
+    labels = full.classify.labels if full.train.task == "classify" else []
+    if labels:  # label names in id order, as transformers' pipelines show them
+        config.update(num_labels=len(labels), id2label={str(i): name for i, name in enumerate(labels)},
                       label2id={name: i for i, name in enumerate(labels)})
 
     # build everything in a sibling temp dir and rename it into place: a failure leaves no half-written folder
@@ -87,9 +74,9 @@ def export_hf(run_dir: Path, out_dir: Path) -> None:
         raise
 
 
-# Hugging Face model_type -> (importer, the task its weights serve)
-_IMPORTERS: dict[str, tuple[Callable[[dict[str, Any], State, Path], tuple[ModelConfig, State]], str]] = {
-    "gpt2": (gpt2.load, "causal_lm"), "bert": (bert.load, "masked_lm"), "bart": (bart.load, "seq2seq")}
+def _importers() -> dict[str, HFImport]:
+    """Hugging Face model_type -> how a family reads it."""
+    return {model_type: imp for family in FAMILIES.values() for model_type, imp in family.hf_import.items()}
 
 
 def sentence_pooling(path: Path) -> str | None:
@@ -121,24 +108,26 @@ def load_pretrained(path: str | Path) -> Source:
         raise CheckpointError(f"{str(path)!r} has no {CONFIG_FILE}: give a minilm run directory or a Hugging Face "
                               "folder")
     raw = read_json(path / CONFIG_FILE)
+    pooling, run_cfg = None, None
     if isinstance(raw.get("model"), dict):  # a minilm run: its config has sections
         run_cfg = read_config(path)
         cfg, task = run_cfg.model, run_cfg.train.task
+        pooling = run_cfg.classify.pooling if task == "classify" else None
         if not (path / MODEL_FILE).is_file():
             raise CheckpointError(f"{str(path)!r} has no {MODEL_FILE}: the run saved no weights (did training finish?)")
         state = read_safetensors(path / MODEL_FILE)
         tok = read_tokenizer(path, cfg.vocab_size)
     else:
-        model_type = raw.get("model_type")
-        if model_type not in _IMPORTERS:
+        model_type, importers = raw.get("model_type"), _importers()
+        if model_type not in importers:
             raise CheckpointError(f"{str(path)!r} holds a model_type={model_type!r} model: "
-                                  f"only {', '.join(_IMPORTERS)} Hugging Face folders (or minilm runs) can be loaded")
-        importer, task = _IMPORTERS[model_type]
-        cfg, state = importer(raw, read_weights(path), path)
+                                  f"only {', '.join(importers)} Hugging Face folders (or minilm runs) can be loaded")
+        task = importers[model_type].task
+        cfg, state = importers[model_type].load(raw, read_weights(path), path)
         tok = hf_tokenizer(path, model_type)
         check_vocab(tok, cfg.vocab_size, f"{str(path)!r}: the tokenizer", "use the tokenizer saved with this model",
                     CheckpointError)
     with torch.device("meta"):  # the names and shapes the task model expects, without allocating
-        want = shapes(get_task(task).model(cfg))
+        want = shapes(build_model(run_cfg) if run_cfg is not None else task_model(cfg, task))
     check_state(want, state, repr(str(path)), "restore the files written together")
-    return Source(task, cfg, state, tok, pooling=cfg.pooling or sentence_pooling(path))
+    return Source(task, cfg, state, tok, pooling=pooling or sentence_pooling(path))

@@ -13,11 +13,12 @@ from typing import Any
 import torch
 from tokenizers import Tokenizer
 
-from minilm.config import ModelConfig
+from minilm.config import Config
 from minilm.data.seq2seq import end_id
 from minilm.errors import CheckpointError, ConfigError
-from minilm.hf.files import activation, plain, refuse_settings, take
-from minilm.runfiles import CONFIG_FILE, State
+from minilm.hf_files import activation, refuse_parts, plain, refuse_settings, take
+from minilm.runfiles import CONFIG_FILE, Weights
+from minilm.models.transformer.config import TransformerConfig
 
 _OFFSET = 2  # BartLearnedPositionalEmbedding reads row position + 2
 _ACT_OUT = {"gelu": "gelu", "gelu_tanh": "gelu_pytorch_tanh"}
@@ -34,7 +35,9 @@ _FUSED = {"attn.qkv": ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj
 _TIED = ("model.encoder.embed_tokens.weight", "model.decoder.embed_tokens.weight", "lm_head.weight")
 
 
-def check(cfg: ModelConfig) -> None:
+def check(full: Config) -> None:
+    cfg = full.model
+    refuse_parts(cfg, "BART")
     wanted = {"norm": "post", "embedding_norm": True, "share_embeddings": True, "norm_eps": _EPS}
     for key, ok in wanted.items():
         if getattr(cfg, key) != ok:
@@ -43,7 +46,7 @@ def check(cfg: ModelConfig) -> None:
                                   "written as a BART folder")
 
 
-def _modules(cfg: ModelConfig) -> list[tuple[str, str]]:
+def _modules(cfg: TransformerConfig) -> list[tuple[str, str]]:
     """(our module, BART's) for everything but the token table, the position tables and the fused projections."""
     out = [("encoder.emb_norm", "model.encoder.layernorm_embedding"),
            ("decoder.emb_norm", "model.decoder.layernorm_embedding")]
@@ -53,7 +56,7 @@ def _modules(cfg: ModelConfig) -> list[tuple[str, str]]:
     return out
 
 
-def _fused(cfg: ModelConfig) -> list[tuple[str, tuple[str, ...]]]:
+def _fused(cfg: TransformerConfig) -> list[tuple[str, tuple[str, ...]]]:
     out = []
     for side, n in (("encoder", cfg.encoder_layers), ("decoder", cfg.n_layer)):
         for i in range(n):
@@ -63,16 +66,16 @@ def _fused(cfg: ModelConfig) -> list[tuple[str, tuple[str, ...]]]:
     return out
 
 
-def export(cfg: ModelConfig, model: torch.nn.Module, tok: Tokenizer) -> tuple[dict[str, Any], State]:
+def export(full: Config, model: torch.nn.Module, tok: Tokenizer) -> tuple[dict[str, Any], Weights]:
     """BartForConditionalGeneration config.json and weights equivalent to our Seq2Seq."""
-    own = model.state_dict()
+    cfg, own = full.model, model.state_dict()
     C = cfg.n_embd
 
     def weight_bias(ours: str) -> tuple[torch.Tensor, torch.Tensor]:  # bias=False is BART with zero biases
         w = own[f"{ours}.weight"]
         return w, own.get(f"{ours}.bias", torch.zeros(w.shape[0], dtype=w.dtype))
 
-    tensors: State = {}
+    tensors: Weights = {}
     for ours, theirs in _modules(cfg):
         tensors[f"{theirs}.weight"], tensors[f"{theirs}.bias"] = weight_bias(ours)
     for ours, parts in _fused(cfg):
@@ -81,7 +84,7 @@ def export(cfg: ModelConfig, model: torch.nn.Module, tok: Tokenizer) -> tuple[di
             tensors[f"{name}.weight"], tensors[f"{name}.bias"] = pw, pb
     for side in ("encoder", "decoder"):
         stack = getattr(model, side)
-        table = stack.pos_emb.weight if stack.pos_emb is not None else stack.pos_table  # a fixed table never moved
+        table = stack.pos_emb.table()  # a fixed (sinusoidal) table is a learned one that never moved
         tensors[f"model.{side}.embed_positions.weight"] = torch.cat([table.new_zeros(_OFFSET, C), table])
     emb = own["decoder.tok_emb.weight"]
     tensors["model.shared.weight"] = emb
@@ -104,7 +107,7 @@ def export(cfg: ModelConfig, model: torch.nn.Module, tok: Tokenizer) -> tuple[di
     return config, plain(tensors)
 
 
-def _config(raw: dict[str, Any], where: Path) -> ModelConfig:
+def _config(raw: dict[str, Any], where: Path) -> TransformerConfig:
     act = activation(raw, "activation_function", "gelu", where)
     refuse_settings(raw, {"scale_embedding": False, "normalize_before": False, "add_final_layer_norm": False,
                           "normalize_embedding": True, "static_position_embeddings": False,
@@ -115,7 +118,7 @@ def _config(raw: dict[str, Any], where: Path) -> ModelConfig:
                                   "only BART models with equal ones can be loaded")
     try:  # defaults are BartConfig's
         d, ffn = int(raw.get("d_model", 1024)), int(raw.get("encoder_ffn_dim", 4096))
-        cfg = ModelConfig(vocab_size=int(raw.get("vocab_size", 50265)),
+        cfg = TransformerConfig(vocab_size=int(raw.get("vocab_size", 50265)),
                           block_size=int(raw.get("max_position_embeddings", 1024)),
                           n_layer=int(raw.get("decoder_layers", 12)), encoder_layers=int(raw.get("encoder_layers", 12)),
                           n_head=int(raw.get("encoder_attention_heads", 16)), n_embd=d,
@@ -127,8 +130,8 @@ def _config(raw: dict[str, Any], where: Path) -> ModelConfig:
     return cfg
 
 
-def load(raw: dict[str, Any], hf_state: State, where: Path) -> tuple[ModelConfig, State]:
-    """Our ModelConfig and state dict from a BART config.json and weights (BartForConditionalGeneration)."""
+def load(raw: dict[str, Any], hf_state: Weights, where: Path) -> tuple[TransformerConfig, Weights]:
+    """Our TransformerConfig and state dict from a BART config.json and weights (BartForConditionalGeneration)."""
     cfg = _config(raw, where)
     hf = dict(hf_state)
     bias = hf.pop("final_logits_bias", None)
@@ -141,7 +144,7 @@ def load(raw: dict[str, Any], hf_state: State, where: Path) -> tuple[ModelConfig
         if t is not None and not torch.equal(t, emb):
             raise CheckpointError(f"{str(where)!r}: {name} differs from model.shared.weight, but minilm ties them: "
                                   "only BART models with tied embeddings can be loaded")
-    state: State = {"decoder.tok_emb.weight": emb}
+    state: Weights = {"decoder.tok_emb.weight": emb}
     for side in ("encoder", "decoder"):
         table = take(hf, f"model.{side}.embed_positions.weight", where)
         state[f"{side}.pos_emb.weight"] = table[_OFFSET:_OFFSET + cfg.block_size]

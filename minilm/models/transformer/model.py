@@ -1,27 +1,30 @@
-"""The one Transformer stack every minilm model is built on: embeddings -> Blocks -> final norm.
+"""The Transformer family's stack: embeddings -> Blocks -> final norm, the one Block every Transformer is built of.
 
-Read bottom-up: attention, MLP, Block, then the stack. GPT (causal, pre-LN, final LayerNorm) and
-BERT (bidirectional, post-LN, embedding LayerNorm, segment embeddings) are the same classes with
-different ModelConfig switches; so is the original Transformer's encoder-decoder, whose decoder Blocks add
-cross-attention over the encoder's output (model.encoder_layers > 0). Task heads live in heads.py.
+Read bottom-up: the KV cache and the unpadded token layout, attention, Block, then the stack. GPT (causal,
+pre-LN, final norm) and BERT (bidirectional, post-LN, embedding norm, segment embeddings) are the same classes
+with different TransformerConfig switches; so is the original Transformer's encoder-decoder, whose decoder
+Blocks add cross-attention over the encoder's output (model.encoder_layers > 0). The norm, the MLP and the
+position scheme are parts chosen by name (parts.py); the task models over the stack are in heads.py.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from minilm.config import ModelConfig
+from minilm.models.transformer.config import TransformerConfig
+from minilm.models.transformer.parts import MLPS, POSITIONS, Positions, make_norm
 
 
 class KVCache:
     """Keys and values of every layer for incremental decoding: (n_layer, B, nh, max_len, hs) each."""
 
-    def __init__(self, cfg: ModelConfig, batch: int, max_len: int, device: torch.device, dtype: torch.dtype):
+    def __init__(self, cfg: TransformerConfig, batch: int, max_len: int, device: torch.device, dtype: torch.dtype):
         hs = cfg.n_embd // cfg.n_head
         shape = (cfg.n_layer, batch, cfg.n_head, max_len, hs)
         self.k = torch.zeros(shape, device=device, dtype=dtype)
@@ -62,11 +65,30 @@ class Unpadded:
         return x.reshape(self.B * self.T, -1)[self.index]  # (N, D)
 
 
+@dataclass
+class Context:
+    """What every Block of one forward pass reads besides its input: the attention mask, the cache, where the
+    real tokens are, the positions, and for a decoder the encoder's output."""
+
+    mask: torch.Tensor | None  # (B or 1, 1, T, S) True = may attend, for SDPA; None: unmasked or plain causal
+    is_causal: bool  # SDPA's own causal mask (no padding, nothing cached)
+    positions: Positions
+    position_ids: torch.Tensor  # (B or 1, T)
+    cache: KVCache | None = None
+    unpadded: Unpadded | None = None  # the blocks see the N real tokens only: x is (N, C)
+    memory: torch.Tensor | None = None  # (B, S, C) the encoder's output (cross-attention)
+    memory_mask: torch.Tensor | None = None  # (B, 1, 1, S) the source's real tokens
+
+    def cross(self, layer: int) -> bool:
+        """Whether the decoder Blocks attend to an encoder output (given now, or cached at the first step)."""
+        return self.memory is not None or (self.cache is not None and layer in self.cache.cross)
+
+
 class Attention(nn.Module):
     """Multi-head attention through torch's scaled_dot_product_attention (flash / memory-efficient): self-attention,
     or with `cross` the decoder's cross-attention, whose keys and values come from the encoder's output."""
 
-    def __init__(self, cfg: ModelConfig, cross: bool = False):
+    def __init__(self, cfg: TransformerConfig, cross: bool = False):
         super().__init__()
         self.n_head = cfg.n_head
         self.dropout = cfg.dropout
@@ -83,31 +105,38 @@ class Attention(nn.Module):
         B, T, C = t.shape
         return t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None, is_causal: bool,
-                cache: KVCache | None = None, layer: int = 0, unpadded: Unpadded | None = None,
-                memory: torch.Tensor | None = None) -> torch.Tensor:
-        """x (B, T, C), or (N, C) for unpadded tokens; memory (B, S, C): the encoder output (cross-attention)."""
+    def _cross_kv(self, ctx: Context, layer: int, rows: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keys and values of the encoder output, (rows, nh, S, hs) each: computed once per source when decoding."""
+        cache = ctx.cache
+        if cache is not None and layer in cache.cross:
+            return cache.cross[layer]  # computed at the first step
+        k, v = (self._heads(t) for t in self.kv(ctx.memory).chunk(2, dim=-1))  # (B, nh, S, hs) each
+        if cache is not None:  # laid out once for attention, not copied at every step
+            k, v = k.contiguous(), v.contiguous()
+            cache.cross[layer] = (k.expand(rows, -1, -1, -1), v.expand(rows, -1, -1, -1))  # the beams share one copy
+            return cache.cross[layer]
+        return k, v
+
+    def forward(self, x: torch.Tensor, ctx: Context, layer: int) -> torch.Tensor:
+        """x (B, T, C), or (N, C) for the real tokens of an unpadded batch."""
+        unpadded = ctx.unpadded
         if self.cross:
             q = self.q(x)  # (B, T, C) or (N, C)
             q = unpadded.pad(q) if unpadded is not None else q  # (B, T, C)
-            if cache is not None and layer in cache.cross:
-                k, v = cache.cross[layer]  # (B, nh, S, hs) each: computed at the first step
-            else:
-                k, v = (self._heads(t) for t in self.kv(memory).chunk(2, dim=-1))  # (B, nh, S, hs) each
-                if cache is not None:  # laid out once for attention, not copied at every step
-                    k, v = k.contiguous(), v.contiguous()
-                    cache.cross[layer] = (k.expand(q.size(0), -1, -1, -1), v.expand(q.size(0), -1, -1, -1))
-                    k, v = cache.cross[layer]  # the beams of one source share one copy
             B, T, C = q.shape
+            k, v = self._cross_kv(ctx, layer, B)
             q = self._heads(q)  # (B, nh, T, hs)
+            mask, is_causal = ctx.memory_mask, False
         else:
             qkv = self.qkv(x)  # (B, T, 3C), or (N, 3C) for unpadded tokens
             if unpadded is not None:
                 qkv = unpadded.pad(qkv)  # (B, T, 3C)
             B, T, C = qkv.size(0), qkv.size(1), qkv.size(2) // 3
             q, k, v = (self._heads(t) for t in qkv.split(C, dim=2))  # 3 x (B, nh, T, hs)
-            if cache is not None:
-                k, v = cache.update(layer, k, v)  # (B, nh, S, hs) with S = cached + T
+            q, k = ctx.positions.rotate(q, k, ctx.position_ids)
+            if ctx.cache is not None:
+                k, v = ctx.cache.update(layer, k, v)  # (B, nh, S, hs) with S = cached + T
+            mask, is_causal = ctx.mask, ctx.is_causal
         y = F.scaled_dot_product_attention(
             q, k, v, attn_mask=mask, is_causal=is_causal, dropout_p=self.dropout if self.training else 0.0
         )  # (B, nh, T, hs)
@@ -117,87 +146,57 @@ class Attention(nn.Module):
         return self.resid_drop(self.proj(y))
 
 
-class MLP(nn.Module):
-    def __init__(self, cfg: ModelConfig):
-        super().__init__()
-        self.fc = nn.Linear(cfg.n_embd, cfg.ffn_dim, bias=cfg.bias)
-        self.approximate = "tanh" if cfg.activation == "gelu_tanh" else "none"
-        self.proj = nn.Linear(cfg.ffn_dim, cfg.n_embd, bias=cfg.bias)
-        self.drop = nn.Dropout(cfg.dropout)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.drop(self.proj(F.gelu(self.fc(x), approximate=self.approximate)))
-
-
 class Block(nn.Module):
-    """Attention + MLP with residuals; LayerNorm before each (pre-LN, GPT-2) or after each residual add (post-LN).
+    """Attention + MLP with residuals; a norm before each (pre-LN, GPT-2) or after each residual add (post-LN).
     In an encoder-decoder's decoder, cross-attention over the encoder output sits between the two."""
 
-    def __init__(self, cfg: ModelConfig):
+    def __init__(self, cfg: TransformerConfig):
         super().__init__()
         self.pre_norm = cfg.norm == "pre"
-        self.norm1 = nn.LayerNorm(cfg.n_embd, eps=cfg.norm_eps, bias=cfg.bias)
+        self.norm1 = make_norm(cfg)
         self.attn = Attention(cfg)
         if cfg.encoder_layers:
-            self.norm_cross = nn.LayerNorm(cfg.n_embd, eps=cfg.norm_eps, bias=cfg.bias)
+            self.norm_cross = make_norm(cfg)
             self.cross_attn = Attention(cfg, cross=True)
-        self.norm2 = nn.LayerNorm(cfg.n_embd, eps=cfg.norm_eps, bias=cfg.bias)
-        self.mlp = MLP(cfg)
+        self.norm2 = make_norm(cfg)
+        self.mlp = MLPS[cfg.mlp](cfg)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None, is_causal: bool,
-                cache: KVCache | None = None, layer: int = 0, unpadded: Unpadded | None = None,
-                memory: torch.Tensor | None = None, memory_mask: torch.Tensor | None = None) -> torch.Tensor:
-        cross = memory is not None or (cache is not None and layer in cache.cross)
+    def forward(self, x: torch.Tensor, ctx: Context, layer: int) -> torch.Tensor:
+        cross = ctx.cross(layer)
         if self.pre_norm:
-            x = x + self.attn(self.norm1(x), mask, is_causal, cache, layer, unpadded)
+            x = x + self.attn(self.norm1(x), ctx, layer)
             if cross:
-                x = x + self.cross_attn(self.norm_cross(x), memory_mask, False, cache, layer, unpadded, memory)
+                x = x + self.cross_attn(self.norm_cross(x), ctx, layer)
             return x + self.mlp(self.norm2(x))
-        x = self.norm1(x + self.attn(x, mask, is_causal, cache, layer, unpadded))
+        x = self.norm1(x + self.attn(x, ctx, layer))
         if cross:
-            x = self.norm_cross(x + self.cross_attn(x, memory_mask, False, cache, layer, unpadded, memory))
+            x = self.norm_cross(x + self.cross_attn(x, ctx, layer))
         return self.norm2(x + self.mlp(x))
 
 
-def sinusoidal_table(n_pos: int, dim: int) -> torch.Tensor:
-    """The original Transformer's fixed position encodings: sin on even, cos on odd channels."""
-    pos = torch.arange(n_pos, dtype=torch.float32)[:, None]  # (n_pos, 1)
-    freq = torch.exp(torch.arange(0, dim, 2, dtype=torch.float32) * (-math.log(10000.0) / dim))  # (ceil(dim/2),)
-    table = torch.zeros(n_pos, dim)
-    table[:, 0::2] = torch.sin(pos * freq)
-    table[:, 1::2] = torch.cos(pos * freq[: dim // 2])
-    return table  # (n_pos, dim)
-
-
 class Transformer(nn.Module):
-    """Embeddings (token + position [+ segment]) -> n_layer Blocks -> final LayerNorm (pre-LN only)."""
+    """Embeddings (token [+ absolute position] [+ segment]) -> n_layer Blocks -> final norm (pre-LN only)."""
 
-    def __init__(self, cfg: ModelConfig, token_table: bool = True):
+    def __init__(self, cfg: TransformerConfig, token_table: bool = True):
         super().__init__()
         if cfg.vocab_size <= 0:
-            raise ValueError("ModelConfig.vocab_size must be set (the tokenizer's size) before building a model")
+            raise ValueError("model.vocab_size must be set (the tokenizer's size) before building a model")
         self.cfg = cfg
+        self.checkpointing = False  # recompute each Block in backward (train.gradient_checkpointing)
         # token_table=False: the caller passes its own table to forward (an encoder sharing the decoder's)
         self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.n_embd) if token_table else None
-        if cfg.position == "learned":
-            self.pos_emb = nn.Embedding(cfg.block_size, cfg.n_embd)
-        else:
-            self.pos_emb = None
-            self.register_buffer("pos_table", sinusoidal_table(cfg.block_size, cfg.n_embd), persistent=False)
+        self.pos_emb = POSITIONS[cfg.position](cfg)
         self.seg_emb = nn.Embedding(cfg.type_vocab_size, cfg.n_embd) if cfg.type_vocab_size else None
-        self.emb_norm = nn.LayerNorm(cfg.n_embd, eps=cfg.norm_eps, bias=cfg.bias) if cfg.embedding_norm else None
+        self.emb_norm = make_norm(cfg) if cfg.embedding_norm else None
         self.drop = nn.Dropout(cfg.dropout)
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
-        self.final_norm = nn.LayerNorm(cfg.n_embd, eps=cfg.norm_eps, bias=cfg.bias) if cfg.norm == "pre" else None
+        self.final_norm = make_norm(cfg) if cfg.norm == "pre" else None
         self.apply(self._init_weights)
         # GPT-2: scale the init of projections that write into the residual stream by 1/sqrt(2 * n_layer)
         for name, p in self.named_parameters():
             if name.endswith(("attn.proj.weight", "mlp.proj.weight")):
                 nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * cfg.n_layer))
-        if self.pos_emb is not None and cfg.position_init == "sinusoidal":
-            table = sinusoidal_table(cfg.block_size, cfg.n_embd)  # (block_size, C), rms 1/sqrt(2)
-            with torch.no_grad():  # same rms as the token embeddings (std 0.02)
-                self.pos_emb.weight.copy_(table * (0.02 / table.pow(2).mean().sqrt()))
+        self.pos_emb.init_weights(cfg)
 
     @staticmethod
     def _init_weights(m: nn.Module) -> None:
@@ -238,34 +237,30 @@ class Transformer(nn.Module):
             raise ValueError(f"sequence of {past + T} tokens exceeds the block size {self.cfg.block_size}")
         if position_ids is None:
             position_ids = torch.arange(past, past + T, device=idx.device)[None]  # (1, T)
-        pos = self.pos_emb(position_ids) if self.pos_emb is not None else self.pos_table[position_ids]
-        x = (tok_emb or self.tok_emb)(idx) + pos  # (B, T, C)
+        x = (tok_emb or self.tok_emb)(idx)  # (B, T, C)
+        pos = self.pos_emb.embed(position_ids)
+        if pos is not None:
+            x = x + pos
         if self.seg_emb is not None:
             x = x + self.seg_emb(segment_ids if segment_ids is not None else torch.zeros_like(idx))
         if self.emb_norm is not None:
             x = self.emb_norm(x)
         x = self.drop(x)
         mask, is_causal = self._mask(attention_mask, T, past, idx.device)
-        if memory_mask is not None:
-            memory_mask = memory_mask.bool()[:, None, None, :]  # (B, 1, 1, S): padding keys masked for every query
-        unpadded = None
+        ctx = Context(mask, is_causal, self.pos_emb, position_ids, cache, memory=memory,
+                      memory_mask=memory_mask.bool()[:, None, None, :] if memory_mask is not None else None)
         if attention_mask is not None and cache is None:
             unpadded = Unpadded(attention_mask.flatten().bool(), B, T)
-            if len(unpadded.index) == B * T:
-                unpadded = None  # no padding to skip
-            else:
+            if len(unpadded.index) < B * T:  # padding to skip
+                ctx.unpadded = unpadded
                 x = unpadded.unpad(x)  # (N, C): the blocks see real tokens only
         for i, block in enumerate(self.blocks):
-            if self.cfg.gradient_checkpointing and self.training:
-                x = checkpoint(block, x, mask, is_causal, None, i, unpadded, memory, memory_mask, use_reentrant=False)
+            if self.checkpointing and self.training:
+                x = checkpoint(block, x, ctx, i, use_reentrant=False)
             else:
-                x = block(x, mask, is_causal, cache, i, unpadded, memory, memory_mask)
+                x = block(x, ctx, i)
         if cache is not None:
             cache.length += T
         if self.final_norm is not None:
             x = self.final_norm(x)
-        return unpadded.pad(x) if unpadded is not None else x  # (B, T, C), zeros at padding
-
-
-def count_params(model: nn.Module, trainable_only: bool = False) -> int:
-    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
+        return ctx.unpadded.pad(x) if ctx.unpadded is not None else x  # (B, T, C), zeros at padding

@@ -10,7 +10,7 @@ import torch
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers
 
 from minilm.errors import CheckpointError
-from minilm.runfiles import MODEL_FILE, TOKENIZER_FILE, State, read_safetensors
+from minilm.runfiles import MODEL_FILE, TOKENIZER_FILE, Weights, read_safetensors
 from minilm.tokenizer import BERT_SPECIALS, CLS, EOT, MASK, PAD, SEP, UNK, bert_post_processor, load_tokenizer
 
 # Hugging Face activation names -> ours: "gelu_new", "gelu_fast" and "gelu_pytorch_tanh" are the same tanh approximation
@@ -34,7 +34,16 @@ def refuse_settings(raw: dict[str, Any], required: dict[str, Any], family: str, 
                                   f"only {family} models with {key}={ok!r} can be loaded")
 
 
-def take(weights: State, name: str, where: Path) -> torch.Tensor:
+def refuse_parts(cfg: Any, layout: str) -> None:
+    """A Transformer part chosen by name (model.norm_type, model.mlp) that a transformers layout lacks cannot be
+    written as one."""
+    for key, standard in (("norm_type", "layernorm"), ("mlp", "standard")):
+        if getattr(cfg, key) != standard:
+            raise CheckpointError(f"model.{key}={getattr(cfg, key)!r} cannot be exported: a {layout} folder has the "
+                                  f"{standard!r} one; such runs are read by minilm itself")
+
+
+def take(weights: Weights, name: str, where: Path) -> torch.Tensor:
     """Remove and return a weight the config says the folder must hold."""
     t = weights.pop(name, None)
     if t is None:
@@ -42,7 +51,7 @@ def take(weights: State, name: str, where: Path) -> torch.Tensor:
     return t
 
 
-def plain(tensors: State) -> State:
+def plain(tensors: Weights) -> Weights:
     """Detached CPU copies that share no storage (safetensors refuses shared tensors)."""
     return {k: v.detach().cpu().clone().contiguous() for k, v in tensors.items()}
 
@@ -57,7 +66,7 @@ def read_json(path: Path) -> dict[str, Any]:
     return raw
 
 
-def read_weights(folder: Path) -> State:
+def read_weights(folder: Path) -> Weights:
     """model.safetensors, or the shards an index lists; pickled weights are refused (unpickling runs code)."""
     if (folder / MODEL_FILE).is_file():
         return read_safetensors(folder / MODEL_FILE)

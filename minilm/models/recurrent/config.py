@@ -1,0 +1,47 @@
+"""The recurrent family's model section: a stack of RNN, LSTM, GRU or SRU layers (model.arch)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+from minilm.config import Config, ModelConfig, check_field
+from minilm.errors import ConfigError
+
+ARCHS = ("rnn", "lstm", "gru", "sru")
+
+
+@dataclass
+class RecurrentConfig(ModelConfig):
+    """model.arch=rnn (Elman, tanh), lstm, gru or sru: n_layer layers of hidden_size, dropout between them. Nothing
+    has positions: block_size is the length of a training block (and of an encoder-decoder's longest output)."""
+
+    family: ClassVar[str] = "recurrent"
+
+    arch: str = "lstm"
+    hidden_size: int = 0  # the state's width; 0: n_embd
+    bidirectional: bool = False  # a second direction reading right to left (encoders and classifiers, not LMs)
+    residual: bool = False  # x + layer(x) between stacked layers (where the widths agree)
+    # an encoder-decoder's attention score between a decoder state and the encoder states: "dot" (Luong's general
+    # score, h W e) or "additive" (Bahdanau's, v . tanh(W h + U e))
+    attention: str = "dot"
+
+    @property
+    def rnn_hidden(self) -> int:
+        return self.hidden_size or self.n_embd
+
+    def validate(self) -> None:
+        super().validate()
+        check_field(self.arch in ARCHS, "model.arch", ", ".join(map(repr, ARCHS)), self.arch)
+        check_field(self.hidden_size >= 0, "model.hidden_size", "0 (n_embd) or a positive integer", self.hidden_size)
+        check_field(self.attention in ("dot", "additive"), "model.attention", "'dot' or 'additive'", self.attention)
+
+    def check(self, cfg: Config) -> None:
+        if cfg.classify.pooling == "cls":
+            raise ConfigError(f"classify.pooling=cls reads a [CLS] pooler, which a model.arch={self.arch} stack has not: "
+                              "use classify.pooling=last, mean or max")
+
+    def describe(self) -> str:
+        way = "bidirectional " if self.bidirectional else ""
+        layers = f"{self.encoder_layers} + {self.n_layer}" if self.encoder_layers else f"{self.n_layer}"
+        return f"a recurrent {way}{self.arch.upper()} stack, {layers} layers x {self.rnn_hidden} wide"
