@@ -1,6 +1,6 @@
 """`python -m bench.checkpointing`: what activation checkpointing saves in memory and costs in speed.
 
-Trains the same GPT for a few steps with `model.gradient_checkpointing` off and on, each in a fresh process
+Trains the same GPT for a few steps with `train.gradient_checkpointing` off and on, each in a fresh process
 (peak memory is a per-process high-water mark), and prints tokens/s and peak memory: on a GPU
 `torch.cuda.max_memory_allocated`, on a CPU the growth of the resident set over the training steps.
 """
@@ -20,14 +20,16 @@ import torch
 def _measure(checkpointing: bool, device: str, steps: int, layers: int, width: int, block: int, batch: int) -> dict:
     """One setting, in this process: median tokens/s of the timed steps and the peak memory in MiB."""
     from minilm.config import TrainConfig
+    from minilm.models import family_of
     from minilm.models.transformer.config import TransformerConfig
     from minilm.models.transformer.heads import CausalLM
     from minilm.optim import make_optimizer
 
     torch.manual_seed(0)
-    cfg = TransformerConfig(vocab_size=8192, block_size=block, n_layer=layers, n_head=width // 64, n_embd=width,
-                      gradient_checkpointing=checkpointing)
+    cfg = TransformerConfig(vocab_size=8192, block_size=block, n_layer=layers, n_head=width // 64, n_embd=width)
     model = CausalLM(cfg).to(device).train()
+    if checkpointing:
+        family_of(cfg).checkpointing(model)
     opt = make_optimizer(model, TrainConfig())
     x = torch.randint(cfg.vocab_size, (batch, block + 1), device=device)
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # MiB (Linux reports KiB)

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 import torch
 
+from minilm.data.batch import pad_examples
 from minilm.models import decoder
 
 
@@ -150,12 +151,8 @@ def translate(model: torch.nn.Module, sources: list[list[int]], end: int, beams:
     out: list[list[int]] = [[] for _ in sources]
     for first in range(0, len(order), batch_size):
         rows = order[first:first + batch_size]
-        S = max(len(sources[i]) for i in rows)
-        src = torch.full((len(rows), S), end, dtype=torch.long)  # (B, S)
-        mask = torch.zeros_like(src)
-        for r, i in enumerate(rows):
-            src[r, :len(sources[i])] = torch.tensor(sources[i])
-            mask[r, :len(sources[i])] = 1
+        batch = pad_examples([{"input_ids": sources[i]} for i in rows], end)  # right-padded (B, S)
+        src, mask = batch["input_ids"], batch["attention_mask"]
         start = torch.full((len(rows), 1), end, dtype=torch.long, device=device)  # (B, 1)
         new = generate(model, start, limit, temperature, top_k, top_p, end, use_cache, generator,
                        src.to(device), mask.to(device) if not mask.all() else None)

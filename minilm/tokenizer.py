@@ -50,6 +50,9 @@ def train_word(texts: Iterable[str]) -> Tokenizer:
     return tok  # no decoder: decoding joins the tokens with spaces
 
 
+# tokenizers' ready-made ByteLevelBPETokenizer and BertWordPieceTokenizer assemble these same pipelines, but hand
+# back a wrapper whose Tokenizer is private (`_tokenizer`); minilm passes plain Tokenizer objects everywhere (saved
+# as tokenizer.json, read back with Tokenizer.from_file), so it assembles them from the library's own parts.
 def train_bpe(texts: Iterable[str], vocab_size: int) -> Tokenizer:
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)

@@ -49,36 +49,37 @@ def train(cfg: Config) -> dict[str, float]:
     if cfg.train.resume:
         cfg = run.resumed_config(cfg)
     accelerator = make_accelerator(cfg)
-    s, bar = None, None
+    session, bar = None, None
     try:
-        s = set_up(cfg, task, run, accelerator)
+        session = set_up(cfg, task, run, accelerator)
         signals = StopSignals()
-        tc, p = s.cfg.train, s.progress
-        bar = tqdm(total=tc.max_steps, initial=p.step, disable=not accelerator.is_main_process,
+        tc, progress = session.cfg.train, session.progress
+        bar = tqdm(total=tc.max_steps, initial=progress.step, disable=not accelerator.is_main_process,
                    dynamic_ncols=True, desc="train")
         evaluation = None
-        for batch in batches(s) if p.step < tc.max_steps else ():  # a finished run resumed has nothing left
-            if not train_step(s, batch):
+        # a finished run resumed has nothing left to train
+        for batch in batches(session) if progress.step < tc.max_steps else ():
+            if not train_step(session, batch):
                 continue  # gradients accumulated, no optimizer step yet
             bar.update(1)
-            log_due = p.step % s.cfg.log.log_interval == 0 or p.step == tc.max_steps
-            eval_due = p.step % tc.eval_interval == 0 or p.step == tc.max_steps
+            log_due = progress.step % session.cfg.log.log_interval == 0 or progress.step == tc.max_steps
+            eval_due = progress.step % tc.eval_interval == 0 or progress.step == tc.max_steps
             if log_due or eval_due:
-                skipped = int(s.meter.skipped.item())  # the only host sync between log lines
+                skipped = int(session.meter.skipped.item())  # the only host sync between log lines
                 if log_due:
-                    log_train(s, bar, skipped)
-                check_skipped(s, skipped)  # before any evaluation or save
-            save_due = not eval_due and tc.save_interval and p.step % tc.save_interval == 0
+                    log_train(session, bar, skipped)
+                check_skipped(session, skipped)  # before any evaluation or save
+            save_due = not eval_due and tc.save_interval and progress.step % tc.save_interval == 0
             if eval_due:
-                evaluation, stop = evaluate_and_save(s)
+                evaluation, stop = evaluate_and_save(session)
                 if stop:
                     break
             elif save_due:
-                checkpoint(s, weights=tc.best_metric is None)  # the latest weights, unless the best are kept
-            if p.step >= tc.max_steps:
+                checkpoint(session, weights=tc.best_metric is None)  # the latest weights, unless the best are kept
+            if progress.step >= tc.max_steps:
                 break
             if signals.agreed(accelerator, log_due or eval_due):
-                stop_on_signal(s, signals, saved=eval_due or save_due)
+                stop_on_signal(session, signals, saved=eval_due or save_due)
     except BaseException:
         if accelerator.is_main_process:
             run.discard_if_new()  # a new run that failed before its first checkpoint leaves nothing behind
@@ -86,9 +87,9 @@ def train(cfg: Config) -> dict[str, float]:
     finally:
         if bar is not None:
             bar.close()
-        if s is not None:
+        if session is not None:
             signals.restore()
-    return finish(s, evaluation)
+    return finish(session, evaluation)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -250,138 +251,141 @@ def with_epochs(tc: TrainConfig, batches: int) -> TrainConfig:
 # the loop's parts
 
 
-def batches(s: Session) -> Iterator[dict[str, torch.Tensor]]:
+def batches(session: Session) -> Iterator[dict[str, torch.Tensor]]:
     """Training batches from where the run stands, epoch after epoch: a dataset in its seeded order for the
     epoch (a resumed run skips what it already trained on), or a stream from its saved position."""
-    if s.streamed:
-        for batch in s.train_loader:  # the stream starts its next epoch by itself
-            s.position = batch.pop("position")
-            yield send_to_device(batch, s.accelerator.device)
+    if session.streamed:
+        for batch in session.train_loader:  # the stream starts its next epoch by itself
+            session.position = batch.pop("position")
+            yield send_to_device(batch, session.accelerator.device)
         return
-    epoch, skip = divmod(s.progress.micro_batches, len(s.train_loader))
+    epoch, skip = divmod(session.progress.micro_batches, len(session.train_loader))
     while True:
-        if hasattr(s.train_loader, "set_epoch"):  # accelerate's: passes it on to the dataset (and to skip loaders)
-            s.train_loader.set_epoch(epoch)
+        if hasattr(session.train_loader, "set_epoch"):  # accelerate's: passes it on to the dataset and skip loaders
+            session.train_loader.set_epoch(epoch)
         else:  # the TBPTT lanes' own loader
-            s.train_loader.dataset.set_epoch(epoch)
-        if s.tbptt and not skip:
-            s.carry = None  # the lanes start again: so does the state
-        loader = s.accelerator.skip_first_batches(s.train_loader, skip) if skip else s.train_loader
+            session.train_loader.dataset.set_epoch(epoch)
+        if session.tbptt and not skip:
+            session.carry = None  # the lanes start again: so does the state
+        loader = session.accelerator.skip_first_batches(session.train_loader, skip) if skip else session.train_loader
         for batch in loader:
-            yield send_to_device(batch, s.accelerator.device) if s.tbptt else batch  # lanes are not prepared
+            # the TBPTT lanes' loader is not prepared by accelerate: its batches are moved here
+            yield send_to_device(batch, session.accelerator.device) if session.tbptt else batch
         epoch, skip = epoch + 1, 0
 
 
-def train_step(s: Session, batch: dict[str, torch.Tensor]) -> bool:
+def train_step(session: Session, batch: dict[str, torch.Tensor]) -> bool:
     """Forward and backward on one micro-batch; every grad_accum-th one also clips and steps the optimizer
     (unless the loss or gradient is not finite). True when an optimizer step was taken."""
-    acc, tc = s.accelerator, s.cfg.train
-    with acc.accumulate(s.model):
-        out = s.model(**batch, state=s.carry) if s.tbptt else s.model(**batch)
-        if s.tbptt:
-            s.carry = out.state.detach()  # the next batch continues from here; gradients stop here
+    acc, tc = session.accelerator, session.cfg.train
+    with acc.accumulate(session.model):
+        out = session.model(**batch, state=session.carry) if session.tbptt else session.model(**batch)
+        if session.tbptt:
+            session.carry = out.state.detach()  # the next batch continues from here; gradients stop here
         acc.backward(out.loss)
         if acc.sync_gradients:
-            for group in s.optimizer.param_groups:
-                group["lr"] = lr_at(s.progress.step, tc)
-            norm = acc.clip_grad_norm_(s.model.parameters(), tc.grad_clip or math.inf)
-            if s.guard:
+            for group in session.optimizer.param_groups:
+                group["lr"] = lr_at(session.progress.step, tc)
+            norm = acc.clip_grad_norm_(session.model.parameters(), tc.grad_clip or math.inf)
+            if session.guard:
                 bad = (~(torch.isfinite(norm) & torch.isfinite(out.loss.detach()))).float()
                 if acc.num_processes > 1:  # every rank skips the same steps
                     bad = acc.reduce(bad, "max")
-                skip_step_if(s.optimizer, bad)
-                s.meter.skipped += bad
-        s.optimizer.step()
-        s.optimizer.zero_grad(set_to_none=True)
-    s.progress.micro_batches += 1
-    m, loss = s.meter, out.loss.detach()
+                skip_step_if(session.optimizer, bad)
+                session.meter.skipped += bad
+        session.optimizer.step()
+        session.optimizer.zero_grad(set_to_none=True)
+    session.progress.micro_batches += 1
+    meter, loss = session.meter, out.loss.detach()
     finite = torch.isfinite(loss)  # the logged loss averages the finite ones
-    m.loss_sum += torch.where(finite, loss, 0.0)
-    m.loss_count += finite
+    meter.loss_sum += torch.where(finite, loss, 0.0)
+    meter.loss_count += finite
     mask = batch.get("attention_mask")
-    m.tokens += mask.sum() if mask is not None else batch["input_ids"].numel()
-    if s.peak_flops:  # per-sequence lengths only where MFU is reported
+    meter.tokens += mask.sum() if mask is not None else batch["input_ids"].numel()
+    if session.peak_flops:  # per-sequence lengths only where MFU is reported
         ids = batch["input_ids"]
         lengths = mask.sum(-1) if mask is not None else torch.full((ids.size(0),), ids.size(1), device=ids.device)
-        m.flops += training_flops(s.cfg.model, s.n_params, lengths)  # lengths: (B,) real tokens per sequence
+        meter.flops += training_flops(session.cfg.model, session.n_params, lengths)  # (B,) real tokens per sequence
     if not acc.sync_gradients:
         return False
-    s.progress.step += 1
+    session.progress.step += 1
     return True
 
 
-def log_train(s: Session, bar: tqdm, skipped: int) -> None:
+def log_train(session: Session, bar: tqdm, skipped: int) -> None:
     """The mean training loss, tokens/s and (on GPUs) MFU since the last line: metrics.jsonl, trackers, the bar."""
-    acc, m, step = s.accelerator, s.meter, s.progress.step
-    seconds = time.perf_counter() - m.started
-    loss = acc.reduce(m.loss_sum / m.loss_count.clamp(min=1), "mean").item()
-    tok_s = acc.reduce(m.tokens, "sum").item() / seconds
-    record = {"split": "train", "step": step, "loss": loss, "lr": lr_at(step - 1, s.cfg.train), "tokens_per_s": tok_s,
+    acc, meter, step = session.accelerator, session.meter, session.progress.step
+    seconds = time.perf_counter() - meter.started
+    loss = acc.reduce(meter.loss_sum / meter.loss_count.clamp(min=1), "mean").item()
+    tok_s = acc.reduce(meter.tokens, "sum").item() / seconds
+    record = {"split": "train", "step": step, "loss": loss, "lr": lr_at(step - 1, session.cfg.train),
+              "tokens_per_s": tok_s,
               "skipped_steps": skipped}
     shown = {"loss": f"{loss:.4f}", "tok_s": f"{tok_s:,.0f}"}
-    if s.peak_flops:
-        record["mfu"] = acc.reduce(m.flops, "sum").item() / seconds / (s.peak_flops * acc.num_processes)
+    if session.peak_flops:
+        record["mfu"] = acc.reduce(meter.flops, "sum").item() / seconds / (session.peak_flops * acc.num_processes)
         shown["mfu"] = f"{record['mfu']:.1%}"
-    s.run.metrics.write(record)
+    session.run.metrics.write(record)
     acc.log({k: v for k, v in record.items() if k != "split"}, step=step)
     bar.set_postfix(**shown)
-    m.restart(losses=True)
+    meter.restart(losses=True)
 
 
-def check_skipped(s: Session, total: int) -> None:
+def check_skipped(session: Session, total: int) -> None:
     """Stop once more than train.max_skipped_steps steps were skipped (the weights stayed as they were)."""
-    p, limit = s.progress, s.cfg.train.max_skipped_steps
-    if total > p.skipped:
-        tqdm_write(s.accelerator, f"step {p.step}: {total - p.skipped} step(s) skipped for a non-finite loss or "
-                                  f"gradient ({total} in all)")
-    p.skipped = total
+    progress, limit = session.progress, session.cfg.train.max_skipped_steps
+    if total > progress.skipped:
+        tqdm_write(session.accelerator, f"step {progress.step}: {total - progress.skipped} step(s) skipped for a "
+                                        f"non-finite loss or gradient ({total} in all)")
+    progress.skipped = total
     if total > limit:
         raise TrainingError(
             f"{total} steps had a non-finite loss or gradient (limit train.max_skipped_steps={limit}); the run stopped "
-            f"at step {p.step} and its last checkpoint is intact: lower train.lr, raise train.warmup_steps or check "
-            "the data")
+            f"at step {progress.step} and its last checkpoint is intact: lower train.lr, raise train.warmup_steps or "
+            "check the data")
 
 
-def evaluate_and_save(s: Session) -> tuple[Evaluation, bool]:
+def evaluate_and_save(session: Session) -> tuple[Evaluation, bool]:
     """Evaluate, checkpoint (new weights only if they improved train.best_metric); True when early stopping."""
-    acc, tc, p = s.accelerator, s.cfg.train, s.progress
-    last = p.step == tc.max_steps
-    ev = evaluate(s.model, s.val_loader, acc, 0 if last else tc.eval_batches, s.task.perplexity)
-    limit = 0 if last else s.cfg.seq2seq.decode_examples
-    if s.references is not None and (last or limit):  # what the model decodes, greedily: all sources at the end
-        ev.metrics.update(decoded_metrics(s.model, s.references, acc, limit))
-    s.run.metrics.write({"split": "val", "step": p.step, **ev.metrics})
-    acc.log(ev.metrics, step=p.step)
-    tqdm_write(acc, f"step {p.step}: " + ", ".join(f"{k} {v:.4f}" for k, v in ev.metrics.items()))
-    better = improved(tc.best_metric, ev.metrics, p.best)
+    acc, tc, progress = session.accelerator, session.cfg.train, session.progress
+    last = progress.step == tc.max_steps
+    ev = evaluate(session.model, session.val_loader, acc, 0 if last else tc.eval_batches, session.task.perplexity)
+    limit = 0 if last else session.cfg.seq2seq.decode_examples
+    if session.references is not None and (last or limit):  # what the model decodes, greedily: all sources at the end
+        ev.metrics.update(decoded_metrics(session.model, session.references, acc, limit))
+    session.run.metrics.write({"split": "val", "step": progress.step, **ev.metrics})
+    acc.log(ev.metrics, step=progress.step)
+    tqdm_write(acc, f"step {progress.step}: " + ", ".join(f"{k} {v:.4f}" for k, v in ev.metrics.items()))
+    better = improved(tc.best_metric, ev.metrics, progress.best)
     if better and tc.best_metric:
-        p.best = ev.metrics[tc.best_metric]
-    p.since_best = 0 if better else p.since_best + 1
-    checkpoint(s, weights=better)
-    s.meter.restart(losses=False)
-    stop = bool(tc.early_stopping) and p.since_best >= tc.early_stopping
+        progress.best = ev.metrics[tc.best_metric]
+    progress.since_best = 0 if better else progress.since_best + 1
+    checkpoint(session, weights=better)
+    session.meter.restart(losses=False)
+    stop = bool(tc.early_stopping) and progress.since_best >= tc.early_stopping
     if stop:
         acc.print(f"early stop: {tc.best_metric} has not improved in {tc.early_stopping} evaluations")
     return ev, stop
 
 
-def checkpoint(s: Session, weights: bool) -> None:
+def checkpoint(session: Session, weights: bool) -> None:
     """Save the training state (and, with `weights`, model.safetensors) where the run stands now."""
-    p = s.progress
-    p.epoch = s.position["epoch"] if s.streamed else p.micro_batches // len(s.train_loader)
+    progress = session.progress
+    progress.epoch = session.position["epoch"] if session.streamed else \
+        progress.micro_batches // len(session.train_loader)
     now = time.perf_counter()
-    p.seconds, s.started = p.seconds + now - s.started, now
-    s.run.save(s.accelerator, s.model, p, weights=weights, position=s.position,
-               carry=(s.carry.tensors() if s.carry is not None else {}) if s.tbptt else None)
+    progress.seconds, session.started = progress.seconds + now - session.started, now
+    session.run.save(session.accelerator, session.model, progress, weights=weights, position=session.position,
+               carry=(session.carry.tensors() if session.carry is not None else {}) if session.tbptt else None)
 
 
-def stop_on_signal(s: Session, signals: StopSignals, saved: bool) -> None:
+def stop_on_signal(session: Session, signals: StopSignals, saved: bool) -> None:
     """Checkpoint (unless this step just did) and stop, saying how to continue."""
     if not saved:
-        checkpoint(s, weights=s.cfg.train.best_metric is None)
+        checkpoint(session, weights=session.cfg.train.best_metric is None)
     name = signal.Signals(signals.signum).name
-    raise Stopped(f"stopped by {name} at step {s.progress.step}; the checkpoint is saved. Continue with: minilm train "
-                  f"{s.run.path / CONFIG_FILE} train.resume=true", 128 + signals.signum)
+    raise Stopped(f"stopped by {name} at step {session.progress.step}; the checkpoint is saved. Continue with: "
+                  f"minilm train {session.run.path / CONFIG_FILE} train.resume=true", 128 + signals.signum)
 
 
 def improved(metric: str | None, result: dict[str, float], best: float | None) -> bool:
@@ -394,14 +398,15 @@ def improved(metric: str | None, result: dict[str, float], best: float | None) -
     return best is None or (result[metric] < best if lower_is_better else result[metric] > best)
 
 
-def finish(s: Session, evaluation: Evaluation | None) -> dict[str, float]:
-    acc = s.accelerator
+def finish(session: Session, evaluation: Evaluation | None) -> dict[str, float]:
+    acc = session.accelerator
     if acc.is_main_process:
-        plot_losses(s.run.metrics.read(), s.run.path / "loss.png")
+        plot_losses(session.run.metrics.read(), session.run.path / "loss.png")
         if evaluation is not None and evaluation.confusion is not None:
             tqdm_write(acc, "confusion matrix (last evaluation):\n"
-                       + format_confusion(evaluation.confusion, s.cfg.classify.labels))
-    acc.print(f"done: {s.progress.step} steps | peak memory {peak_memory_mb():,.0f} MiB | run directory {s.run.path}")
+                       + format_confusion(evaluation.confusion, session.cfg.classify.labels))
+    acc.print(f"done: {session.progress.step} steps | peak memory {peak_memory_mb():,.0f} MiB | "
+              f"run directory {session.run.path}")
     acc.end_training()
     return evaluation.metrics if evaluation is not None else {}
 

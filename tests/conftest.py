@@ -204,3 +204,19 @@ def train_stopped_after_checkpoint(cfg, step: int, monkeypatch) -> None:
         except Stop:
             return
     raise AssertionError(f"the run never saved a checkpoint at step {step}")
+
+
+def nsp_pairs(docs: list[list[list[int]]], max_len: int, short_seq_prob: float, seed: int) -> list[tuple]:
+    """(A, B, is_random_next) examples from documents held as lists of sentences of token ids: the package's
+    nsp_spans over the documents joined in memory, for tests that compare with it."""
+    import numpy as np
+
+    from minilm.data.mlm import nsp_spans
+
+    lengths = [len(s) for doc in docs for s in doc]
+    ends = np.cumsum(lengths, dtype=np.int64)
+    starts = ends - np.asarray(lengths, dtype=np.int64)
+    bounds = np.cumsum([0] + [len(doc) for doc in docs])
+    stream = [t for doc in docs for s in doc for t in s]
+    spans = nsp_spans(starts, ends, list(zip(bounds[:-1], bounds[1:])), max_len, short_seq_prob, seed)
+    return [(stream[a0:a1], stream[b0:b1], int(r)) for a0, a1, b0, b1, r in spans]

@@ -19,14 +19,14 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import randomize, write_run
+from conftest import nsp_pairs, randomize, write_run
 import torch
 from safetensors.torch import load_file, save_file
 
 from minilm import hf
 from minilm.run import load_run
 from minilm.config import config_from_dict
-from minilm.data.mlm import MaskingCollator, PairDataset, nsp_pairs
+from minilm.data.mlm import MaskingCollator, PairDataset
 from minilm.data.sentences import split_sentences
 from minilm.errors import CheckpointError
 from minilm.data.batch import IGNORE

@@ -22,6 +22,7 @@ from minilm import hf
 from minilm.run import load_run, read_config
 from minilm.config import config_from_dict
 from minilm.data import classify as cls_data
+from minilm.data import tables
 from minilm.errors import CheckpointError, DataError
 from minilm.models.transformer.heads import CausalLM, Classifier, MaskedLM
 from minilm.metrics import classification_metrics, confusion, format_confusion
@@ -162,7 +163,7 @@ def test_mrpc_bom_header_and_raw_quotes(tmp_path):
     assert raw[0].startswith("\ufeffQuality") and any('"' in line for line in raw[1:])  # the quirks are there
     path = tmp_path / "mrpc.tsv"
     path.write_text("".join(raw), encoding="utf-8")
-    ds = cls_data.load_table([str(path)], "data.train_files")
+    ds = tables.load_table([str(path)], "data.train_files")
     assert ds.column_names == ["Quality", "#1 ID", "#2 ID", "#1 String", "#2 String"]  # no BOM in the first name
     assert len(ds) == 6
     for line, row in zip(raw[1:], ds):
@@ -176,7 +177,7 @@ def test_sst2_space_before_tab_is_stripped(tmp_path):
     raw = _lines(SST2 / "dev.tsv", 4)
     path = tmp_path / "sst2.tsv"
     path.write_text("".join(raw), encoding="utf-8")
-    ds = cls_data.load_table([str(path)], "data.train_files")
+    ds = tables.load_table([str(path)], "data.train_files")
     texts = [line.split("\t")[0] for line in raw[1:]]
     assert all(t.endswith(" ") for t in texts) and ds["sentence"] == texts  # loaded as written ...
     tok = train_char(texts)  # a space is a token here: a kept trailing space would show
@@ -190,7 +191,7 @@ def test_sst2_space_before_tab_is_stripped(tmp_path):
 
 def test_na_and_null_stay_text(tmp_path, wp_tok):
     path = _tsv(tmp_path / "t.tsv", "sentence\tlabel", "NA\t1", "null\t0", "nan\tNA", "None\t1", "N/A\tnull", "\t0")
-    ds = cls_data.load_table([str(path)], "data.train_files")
+    ds = tables.load_table([str(path)], "data.train_files")
     assert ds["sentence"] == ["NA", "null", "nan", "None", "N/A", ""]
     assert ds["label"] == ["1", "0", "NA", "1", "null", "0"]
     labels = cls_data.label_names(ds, "label")
@@ -464,7 +465,7 @@ def test_saved_weights_are_the_best_evaluation(trec_run, trec_files):
     val = [r for r in read_metrics(run) if r["split"] == "val"]
     best = max(val, key=lambda r: r["val_accuracy"])  # max() keeps the first of equals, as training does
     cfg, model, tok = load_run(run)
-    dev = cls_data.load_table([str(trec_files[1])], "dev")
+    dev = tables.load_table([str(trec_files[1])], "dev")
     table = cls_data.encode_table(dev, tok, cfg, cfg.classify.labels, "dev")
     loader = torch.utils.data.DataLoader(table, batch_size=32, collate_fn=cls_data.PadCollator(cls_data.pad_id(tok)))
     ev = evaluate(model, loader, Accelerator(cpu=True))

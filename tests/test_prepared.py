@@ -204,7 +204,8 @@ def test_prepare_command_then_train_reuses_the_shards(tmp_path, corpus):
 
 
 def test_nsp_pairs_from_stored_sentence_boundaries_equal_the_in_memory_ones(tmp_path, corpus, monkeypatch):
-    from minilm.data.mlm import PairDataset, build_nsp_datasets, nsp_pairs
+    from conftest import nsp_pairs
+    from minilm.data.mlm import PairDataset, build_nsp_datasets
     from minilm.data.sentences import split_sentences
 
     folder, texts = corpus

@@ -74,17 +74,6 @@ def nsp_spans(starts: np.ndarray, ends: np.ndarray, docs: list[tuple[int, int]],
     return np.asarray(out, dtype=np.int64).reshape(-1, 5)
 
 
-def nsp_pairs(docs: list[list[list[int]]], max_len: int, short_seq_prob: float, seed: int) -> list[tuple]:
-    """(A, B, is_random_next) examples from documents held as lists of sentences of token ids."""
-    lengths = [len(s) for doc in docs for s in doc]
-    ends = np.cumsum(lengths, dtype=np.int64)
-    starts = ends - np.asarray(lengths, dtype=np.int64)
-    bounds = np.cumsum([0] + [len(doc) for doc in docs])
-    stream = [t for doc in docs for s in doc for t in s]
-    spans = nsp_spans(starts, ends, list(zip(bounds[:-1], bounds[1:])), max_len, short_seq_prob, seed)
-    return [(stream[a0:a1], stream[b0:b1], int(r)) for a0, a1, b0, b1, r in spans]
-
-
 class PairDataset(torch.utils.data.Dataset):
     """NSP examples as [CLS] A [SEP] B [SEP] with segment ids 0/1 and the next-sentence label: from
     (A, B, is_random) tuples, or from nsp_spans rows over a (memory-mapped) token stream."""

@@ -225,9 +225,9 @@ class _Encoder:
 
 def _write_split(path: Path, split: str, sources: list[dict], tok: Tokenizer, manifest: dict, column: str,
                  bar: tqdm) -> None:
-    sentences = manifest["sentences"]
     """Write the split's shards after those the manifest already lists (a resumed prepare), saving the
     manifest after each."""
+    sentences = manifest["sentences"]
     dtype = np.dtype(manifest["dtype"])
     shards = manifest["splits"].setdefault(split, [])
     first = shards[-1]["sources"][1] if shards else 0

@@ -15,7 +15,7 @@ from tokenizers import Tokenizer
 
 from minilm.config import Config
 from minilm.data.batch import IGNORE, pad_examples
-from minilm.data.classify import require_column
+from minilm.data.tables import require_column
 from minilm.errors import DataError
 from minilm.tokenizer import EOT, SEP, encode_texts
 

@@ -11,8 +11,8 @@ from tokenizers import Tokenizer
 
 from minilm.config import Config
 from minilm.data.batch import Shuffled
-from minilm.data.classify import (PadCollator, encode_table, iter_table_texts, label_names, load_table, pad_id,
-                                  require_column, train_val_tables)
+from minilm.data.classify import PadCollator, encode_table, iter_table_texts, label_names, pad_id
+from minilm.data.tables import load_table, require_column, train_val_tables
 from minilm.errors import ConfigError
 from minilm.models import family_of
 from minilm.tasks.base import Source, Task, TaskData, choose_tokenizer, resolve_model, with_vocab

@@ -9,7 +9,7 @@ from tokenizers import Tokenizer
 
 from minilm.config import Config
 from minilm.data.batch import Shuffled
-from minilm.data.classify import load_table, train_val_tables
+from minilm.data.tables import load_table, train_val_tables
 from minilm.data.seq2seq import PairCollator, References, encode_pairs, end_id, table_texts
 from minilm.errors import ConfigError
 from minilm.tasks.base import Source, Task, TaskData, choose_tokenizer, resolve_model, with_vocab
