@@ -56,7 +56,7 @@ class ModelConfig:
         check_field(self.vocab_size >= 0, "model.vocab_size", "0 (from the tokenizer) or a positive integer", self.vocab_size)
         check_field(0.0 <= self.dropout < 1.0, "model.dropout", "a number in [0, 1)", self.dropout)
         check_field(self.encoder_layers >= 0, "model.encoder_layers", "0 (no encoder) or a positive integer",
-               self.encoder_layers)
+                    self.encoder_layers)
 
     def check(self, cfg: Config) -> None:
         """What this model needs of the other sections (a family adds its own checks)."""
@@ -126,7 +126,7 @@ class TokenizerConfig:
 
     def validate(self) -> None:
         check_field(self.kind in ("char", "word", "bpe", "wordpiece"), "tokenizer.kind", "'char', 'word', 'bpe' or 'wordpiece'",
-               self.kind)
+                    self.kind)
         check_field(self.vocab_size > 0, "tokenizer.vocab_size", "a positive integer", self.vocab_size)
         check_field(self.sample_bytes > 0, "tokenizer.sample_bytes", "a positive integer", self.sample_bytes)
 
@@ -158,7 +158,7 @@ class DataConfig:
         check_field(0.0 < self.val_fraction < 1.0, "data.val_fraction", "a number strictly between 0 and 1", self.val_fraction)
         check_field(self.val_tokens >= 0, "data.val_tokens", "0 (all) or a positive integer", self.val_tokens)
         check_field(not self.streaming or self.val_tokens > 0, "data.val_tokens",
-               "a positive number of tokens with data.streaming=true (a stream has no end to read to)", self.val_tokens)
+                    "a positive number of tokens with data.streaming=true (a stream has no end to read to)", self.val_tokens)
         if not self.train_files and not self.dataset:
             raise ConfigError("data.train_files is empty: name the training files (or set data.dataset)")
 
@@ -201,7 +201,7 @@ class Seq2SeqConfig:
 
     def validate(self) -> None:
         check_field(bool(self.source_column) and bool(self.target_column), "seq2seq.source_column/target_column",
-               "column names", (self.source_column, self.target_column))
+                    "column names", (self.source_column, self.target_column))
         check_field(self.decode_examples >= 0, "seq2seq.decode_examples", "0 or a positive integer", self.decode_examples)
 
 
@@ -248,9 +248,9 @@ class TrainConfig:
         for name in ("batch_size", "grad_accum", "max_steps", "eval_interval"):
             check_field(getattr(self, name) > 0, f"train.{name}", "a positive integer", getattr(self, name))
         check_field(self.best_metric is None or self.best_metric.startswith("val_"), "train.best_metric",
-               "a validation metric such as 'val_accuracy', 'val_f1', 'val_mcc' or 'val_loss'", self.best_metric)
+                    "a validation metric such as 'val_accuracy', 'val_f1', 'val_mcc' or 'val_loss'", self.best_metric)
         check_field(not self.early_stopping or self.best_metric, "train.early_stopping", "only with train.best_metric set",
-               self.early_stopping)
+                    self.early_stopping)
         for name in ("warmup_steps", "eval_batches", "threads", "epochs", "early_stopping", "max_skipped_steps",
                      "save_interval"):
             check_field(getattr(self, name) >= 0, f"train.{name}", "zero or a positive integer", getattr(self, name))
