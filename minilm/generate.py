@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
+from tqdm.auto import tqdm
 
 from minilm.heads import CausalLM, Seq2Seq
 from minilm.model import KVCache
@@ -203,17 +204,17 @@ def beam_search(model: Decodable, prompt: list[int], beams: int, max_new_tokens:
 def translate(model: Seq2Seq | RecurrentSeq2Seq, sources: list[list[int]], end: int, beams: int = 1,
               length_penalty: float = 1.0, batch_size: int = 64, temperature: float = 0.0, top_k: int | None = None,
               top_p: float | None = None, generator: torch.Generator | None = None, use_cache: bool = True,
-              max_new_tokens: int | None = None) -> list[list[int]]:
+              max_new_tokens: int | None = None, progress: bool = False) -> list[list[int]]:
     """The decoded target of each source (its token ids, without the end token): greedy or sampled in batches
-    of similar length, or by beam search one source at a time (beams > 1)."""
+    of similar length, or by beam search one source at a time (beams > 1); `progress`: a bar on stderr."""
     steps = model.cfg.block_size if max_new_tokens is None else max_new_tokens
     if beams > 1:
         return [beam_search(model, [end], beams, steps, end, length_penalty, use_cache=use_cache, source=s)[0].tokens
-                for s in sources]
+                for s in tqdm(sources, desc=f"beam {beams}", unit="source", disable=not progress)]
     device = next(model.parameters()).device
     order = sorted(range(len(sources)), key=lambda i: len(sources[i]))  # little padding per batch
     out: list[list[int]] = [[] for _ in sources]
-    for first in range(0, len(order), batch_size):
+    for first in tqdm(range(0, len(order), batch_size), desc="decoding", unit="batch", disable=not progress):
         rows = order[first:first + batch_size]
         S = max(len(sources[i]) for i in rows)
         src = torch.full((len(rows), S), end, dtype=torch.long)  # (B, S)
