@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -355,6 +356,19 @@ def preset_names() -> list[str]:
 # Building a Config from nested dicts, with type checks
 
 
+class _Loader(yaml.SafeLoader):
+    """YAML with only true/false as booleans (YAML 1.2): YAML 1.1 also reads yes/no/on/off so, and a documented
+    string value such as train.mixed_precision=no would arrive as False. Boolean keys still take them (_coerce)."""
+
+
+_Loader.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+_Loader.add_implicit_resolver("tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
+                              list("tTfF"))
+_BOOL_WORDS = {"yes": True, "on": True, "y": True, "no": False, "off": False, "n": False}
+
+
 def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", str(tp)).replace("NoneType", "None")
 
@@ -391,6 +405,8 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
     elif tp is bool:
         if isinstance(value, bool):
             return value
+        if isinstance(value, str) and value.lower() in _BOOL_WORDS:
+            return _BOOL_WORDS[value.lower()]
     elif tp is str:
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):
             return str(value)
@@ -451,7 +467,7 @@ def parse_overrides(overrides: list[str]) -> dict:
         if not sep or len(parts) != 2 or not all(parts):
             raise ConfigError(f"override {item!r} is not of the form section.key=value (e.g. model.n_layer=4)")
         try:
-            value = yaml.safe_load(text) if text.strip() else ""
+            value = yaml.load(text, Loader=_Loader) if text.strip() else ""
         except yaml.YAMLError:
             value = text
         out.setdefault(parts[0], {})[parts[1]] = value
@@ -466,7 +482,7 @@ def read_yaml(path: str | Path) -> dict:
     if not p.is_file():
         raise ConfigError(f"config file {str(p)!r} does not exist: pass the path of a YAML file (see configs/)")
     try:
-        raw = yaml.safe_load(p.read_text(encoding="utf-8"))
+        raw = yaml.load(p.read_text(encoding="utf-8"), Loader=_Loader)
     except (yaml.YAMLError, UnicodeDecodeError) as e:
         where = getattr(e, "problem_mark", None)
         at = f" at line {where.line + 1}" if where is not None else ""
