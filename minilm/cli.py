@@ -71,6 +71,7 @@ def cmd_prepare(args: argparse.Namespace) -> int:
         from minilm.hf import load_pretrained
 
         source = load_pretrained(cfg.model.init_from)
+        task.check_source(source, cfg.model.init_from)
     task.prepare(cfg, None, source)  # exactly what training does before its first step
     return 0
 

@@ -174,6 +174,8 @@ def set_up(cfg: Config, task: Task, run: RunDir, accelerator: Accelerator) -> Se
     with accelerator.main_process_first():
         tok = load_tokenizer(run.path / TOKENIZER_FILE) if tc.resume or not main else None
         source = load_pretrained(cfg.model.init_from) if cfg.model.init_from and not tc.resume else None
+        if source is not None:
+            task.check_source(source, cfg.model.init_from)
         data = task.prepare(cfg, tok, source)
         if main and not tc.resume:
             run.create(data.cfg, data.tokenizer)

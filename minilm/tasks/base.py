@@ -74,6 +74,15 @@ class Task:
         if not cfg.model.init_from:  # else the architecture comes from init_from: checked once it is loaded
             self.check_model(cfg.model)
 
+    def check_source(self, source: Source, init_from: str) -> None:
+        """model.init_from's model is one this task can start from: said before anything about its sizes."""
+        try:
+            self.check_model(source.model)
+        except ConfigError as e:
+            raise ConfigError(f"model.init_from={init_from} holds a train.task={source.task} model "
+                              f"({str(e).split(':')[0]}): start train.task={self.name} from another run or folder, "
+                              f"or train train.task={source.task} from it") from e
+
     def check_model(self, model: ModelConfig) -> None:
         if model.recurrent and not self.recurrent:
             raise ConfigError(f"train.task={self.name} needs a Transformer, not model.arch={model.arch}: set "
