@@ -342,6 +342,13 @@ def evaluate_and_save(s: Session) -> tuple[Evaluation, bool]:
     """Evaluate, checkpoint (new weights only if they improved train.best_metric); True when early stopping."""
     acc, tc, p = s.accelerator, s.cfg.train, s.progress
     last = p.step == tc.max_steps
+    limits = [key for key, on in (
+        ("train.eval_batches", 0 < tc.eval_batches < _batches(s.val_loader)),
+        ("seq2seq.decode_examples", s.references is not None and 0 < s.cfg.seq2seq.decode_examples < len(s.references.sources)))
+        if on]
+    if last and limits:
+        tqdm_write(acc, f"final evaluation: scoring the whole validation set ({' and '.join(limits)} only limit "
+                        "the evaluations before it)")
     ev = evaluate(s.model, s.val_loader, acc, 0 if last else tc.eval_batches, s.task.perplexity)
     limit = 0 if last else s.cfg.seq2seq.decode_examples
     if s.references is not None and (last or limit):  # what the model decodes, greedily: all sources at the end
@@ -400,6 +407,13 @@ def finish(s: Session, evaluation: Evaluation | None) -> dict[str, float]:
     acc.print(f"done: {s.progress.step} steps | peak memory {peak_memory_mb():,.0f} MiB | run directory {s.run.path}")
     acc.end_training()
     return evaluation.metrics if evaluation is not None else {}
+
+
+def _batches(loader) -> int:
+    try:
+        return len(loader)
+    except TypeError:  # a stream's validation loader has no length: it may be longer than any limit
+        return 1 << 62
 
 
 def tqdm_write(accelerator: Accelerator, text: str) -> None:
