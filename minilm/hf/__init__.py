@@ -22,7 +22,7 @@ from tokenizers import Tokenizer
 from minilm.config import ModelConfig
 from minilm.errors import CheckpointError
 from minilm.hf import bart, bert, gpt2
-from minilm.hf.files import hf_tokenizer, read_json, read_weights, tokenizer_config, wordpiece_vocab
+from minilm.hf.files import exported_tokenizer, hf_tokenizer, read_json, read_weights, tokenizer_config, wordpiece_vocab
 from minilm.run import load_run, read_config, read_tokenizer
 from minilm.runfiles import (CONFIG_FILE, MODEL_FILE, TOKENIZER_FILE, State, check_place, check_state, read_safetensors,
                              shapes)
@@ -78,7 +78,7 @@ def export_hf(run_dir: Path, out_dir: Path) -> None:
     try:
         (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
         save_file(tensors, str(tmp / MODEL_FILE), metadata={"format": "pt"})  # transformers requires the format tag
-        shutil.copyfile(run_dir / TOKENIZER_FILE, tmp / TOKENIZER_FILE)
+        exported_tokenizer(tok, full.seq2seq.source_chars).save(str(tmp / TOKENIZER_FILE))
         tok_cfg = tokenizer_config(tok, cfg.block_size)
         (tmp / "tokenizer_config.json").write_text(json.dumps(tok_cfg, indent=2) + "\n", encoding="utf-8")
         vocab = wordpiece_vocab(tok) if tok_cfg["tokenizer_class"] == "BertTokenizerFast" else None
