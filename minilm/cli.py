@@ -153,7 +153,9 @@ def cmd_classify(args: argparse.Namespace) -> int:
     cfg, model, tok = _load(args.run_dir, args.device, "classify", "a classifier",
                             ", or fine-tune a classifier from it with `minilm finetune`")
     datasets_quiet()
-    texts = [args.text] if args.text is not None else [line.rstrip("\n") for line in sys.stdin if line.strip()]
+    # every line of standard input gets its line of output (a blank one for a blank line), so the two align
+    lines = [args.text] if args.text is not None else [line.rstrip("\r\n") for line in sys.stdin]
+    texts = [t for t in lines if t.strip()]
     if not texts:
         raise UsageError("no text to classify: pass TEXT or lines on standard input")
     pair_col = cfg.classify.text_pair_column
@@ -167,10 +169,17 @@ def cmd_classify(args: argparse.Namespace) -> int:
             raise UsageError("this classifier reads sentence pairs: give --pair TEXT2 or tab-separated lines")
     else:
         rows = [(t,) for t in texts]
-    batch = collator(cfg, tok)(list(encode_texts(cfg, tok, rows)))
-    with torch.no_grad():
-        probs = torch.softmax(model(**{k: v.to(args.device) for k, v in batch.items()}).logits.float(), -1)
-    for text, p in zip(texts, probs):
+    encoded, collate, probs = list(encode_texts(cfg, tok, rows)), collator(cfg, tok), []
+    with torch.no_grad():  # 64 texts at a time: memory stays bounded however many lines come in
+        for first in range(0, len(encoded), 64):
+            batch = collate(encoded[first:first + 64])
+            probs += torch.softmax(model(**{k: v.to(args.device) for k, v in batch.items()}).logits.float(), -1)
+    found = iter(zip(texts, probs))
+    for line in lines:
+        if not line.strip():
+            print(flush=True)
+            continue
+        text, p = next(found)
         best = int(p.argmax())
         shown = "  ".join(f"{name} {float(q):.3f}" for name, q in zip(cfg.classify.labels, p))
         print(f"{cfg.classify.labels[best]}\t{shown}\t{text}")
@@ -222,8 +231,22 @@ def _check_sample_args(args: argparse.Namespace, cfg) -> None:
     vocab = cfg.model.vocab_size
     if args.max_new_tokens < 1:
         raise UsageError(f"--max-new-tokens {args.max_new_tokens} generates nothing: give 1 or more")
-    if args.temperature < 0:
+    if args.temperature is not None and args.temperature < 0:
         raise UsageError(f"--temperature {args.temperature} is negative: give 0 (greedy) or more")
+    if getattr(args, "greedy", False) and args.temperature is not None:
+        raise UsageError(f"--greedy always takes the most likely token, so --temperature {args.temperature} does not "
+                         "apply: drop one of them")
+    if args.beams is not None and args.temperature is not None:
+        raise UsageError(f"--beams searches for the most probable text; --temperature {args.temperature} is for "
+                         "sampling: drop it, or drop --beams")
+    if args.temperature is None:
+        args.temperature = 0.0 if getattr(args, "greedy", False) else args.default_temperature
+    if args.beams is None and args.temperature == 0 and (args.top_k is not None or args.top_p is not None):
+        raise UsageError("--top-k and --top-p narrow what is sampled; greedy decoding (temperature 0) samples "
+                         "nothing: give --temperature above 0, or drop them")
+    if args.beams is None and args.temperature == 0 and getattr(args, "num_samples", 1) > 1:
+        raise UsageError(f"greedy decoding gives the same text each time, so --num-samples {args.num_samples} "
+                         "would repeat it: give --temperature above 0, or drop --num-samples")
     if args.top_k is not None and not 1 <= args.top_k <= vocab:
         raise UsageError(f"--top-k {args.top_k} is outside 1..{vocab} (the vocabulary size): choose a value in range")
     if args.top_p is not None and not 0 < args.top_p <= 1:
@@ -290,7 +313,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
             text = args.prompt + tok.decode(h.tokens)
             print(f"[{h.score:.4f}] {text}" if args.n_best > 1 else text, flush=True)
         return 0
-    temperature = 0.0 if args.greedy else args.temperature
+    temperature = args.temperature  # 0 with --greedy
     gen = torch.Generator(device=args.device).manual_seed(args.seed)
     for s in range(args.num_samples):
         if args.num_samples > 1:
@@ -413,6 +436,8 @@ def cmd_presets(args: argparse.Namespace) -> int:
     from minilm.model import count_params
     from minilm.tasks import get_task
 
+    if args.vocab < 0:
+        raise UsageError(f"--vocab {args.vocab} is negative: give a vocabulary size (0: each family's own)")
     print(f"{'preset':<18} {'layers':>6} {'heads':>5} {'width':>5} {'block':>5} {'params':>10}  {'vocab':>6}")
     for name, values in PRESETS.items():
         cfg = dataclasses.replace(ModelConfig(), **values)
@@ -502,7 +527,8 @@ def _add_run_commands(sub: argparse._SubParsersAction) -> None:
 def _decoding_options(c: argparse.ArgumentParser, temperature: float, max_new_tokens: int, what: str) -> None:
     """What `sample` and `translate` share: sampling settings, beam search, the cache, the device."""
     c.add_argument("--max-new-tokens", type=int, default=max_new_tokens)
-    c.add_argument("--temperature", type=_finite, default=temperature)
+    c.add_argument("--temperature", type=_finite, default=None, help=f"0: greedy (default {temperature})")
+    c.set_defaults(default_temperature=temperature)
     c.add_argument("--top-k", type=int, default=None)
     c.add_argument("--top-p", type=_finite, default=None)
     c.add_argument("--seed", type=int, default=1337)
