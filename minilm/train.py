@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import signal
 import time
 from collections.abc import Iterator
@@ -146,8 +147,27 @@ class Session:
     started: float = dataclasses.field(default_factory=time.perf_counter)  # this session's start
 
 
+def check_fits(task: Task, model_cfg, accelerator: Accelerator) -> None:
+    """The model's weights, gradients and AdamW's two moments (16 bytes a parameter in fp32) fit in the memory
+    free on the device: a size given in the config is refused in one line, not killed by the kernel later."""
+    with torch.device("meta"):  # count without allocating
+        n = count_params(task.model(model_cfg))
+    if accelerator.device.type == "cuda":
+        free = torch.cuda.mem_get_info(accelerator.device)[0]
+    else:
+        free = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    if 16 * n > free:
+        raise ConfigError(f"the model has {n / 1e6:,.0f}M parameters, which need about {16 * n / 2**30:,.1f} GiB to "
+                          f"train (weights, gradients, optimizer), more than the {free / 2**30:,.1f} GiB free on "
+                          f"{accelerator.device}: make model.n_embd, n_layer, block_size or the vocabulary smaller")
+
+
 def make_accelerator(cfg: Config) -> Accelerator:
     tc = cfg.train
+    cpus = os.cpu_count() or 1
+    if tc.threads > cpus:  # more threads than CPUs only slow torch down (and a huge number cannot be started)
+        raise ConfigError(f"train.threads={tc.threads} is more than the {cpus} CPUs here: give at most {cpus} (0: "
+                          "torch's default)")
     if tc.threads:
         torch.set_num_threads(tc.threads)
     mixed = tc.mixed_precision
@@ -180,6 +200,7 @@ def set_up(cfg: Config, task: Task, run: RunDir, accelerator: Accelerator) -> Se
         if main and not tc.resume:
             run.create(data.cfg, data.tokenizer)
     task.check_model(data.cfg.model)  # with init_from, the architecture is known only now
+    check_fits(task, data.cfg.model, accelerator)
     set_seed(tc.seed)  # the same initial weights whatever data preparation consumed
     model = task.model(data.cfg.model)
     if data.init_state is not None:
