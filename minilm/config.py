@@ -494,6 +494,10 @@ def load_config(path: str | Path | None, overrides: list[str] = (), config_cls: 
     raw = read_yaml(path) if path is not None else {}
     if not isinstance(raw, dict):
         raise ConfigError(f"config file {str(path)!r} must hold a mapping of sections (model:, train:, ...)")
+    if "model_type" in raw and not isinstance(raw.get("model"), dict):
+        raise ConfigError(f"{str(path)!r} is the config of a Hugging Face {raw['model_type']} model, not a minilm "
+                          f"config: train from it with a YAML config (see configs/) and model.init_from="
+                          f"{Path(path).parent}")
     given = parse_overrides(list(overrides))
     # train.epochs sets max_steps; a max_steps given on the command line means this many steps, so it wins
     # over the file's epochs (a 30-step try of a fine-tuning config stays 30 steps)
