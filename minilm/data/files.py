@@ -99,8 +99,9 @@ def check_table_rows(files: list[str], what: str, quoted: bool) -> None:
         with open(f, encoding="utf-8-sig", errors="replace", newline="") as fh:
             rows = csv.reader(fh, delimiter="\t" if tsv else ",", quoting=csv.QUOTE_MINIMAL if quoted else csv.QUOTE_NONE)
             try:
-                header = next(rows, [])
+                header, seen = next(rows, []), 0
                 for row in rows:
+                    seen += bool(row)
                     if row and len(row) != len(header):
                         raise DataError(f"{what}: {f!r} line {rows.line_num} has {len(row)} fields but the header has "
                                         f"{len(header)} (a stray {'tab' if tsv else 'comma'}, or a missing one?): fix "
@@ -108,6 +109,9 @@ def check_table_rows(files: list[str], what: str, quoted: bool) -> None:
             except csv.Error as e:
                 raise DataError(f"{what}: {f!r} line {rows.line_num} cannot be read as a table ({e}): fix that "
                                 "row") from e
+        if not seen:
+            raise DataError(f"{what}: {f!r} holds {'only a header' if header else 'no rows'}: give a table with rows "
+                            "under its header line")
 
 
 def bad_json_line(path: str) -> tuple[int, str] | None:
