@@ -35,9 +35,10 @@ def check_place(path: Path, key: str, fix: str, error: type[Exception] = Checkpo
         place = place.parent
     if not place.is_dir():
         raise error(f"{key}: {str(place)!r} is a file, so {str(path)!r} cannot be made: {fix}")
-    if place != path and not os.access(place, os.W_OK | os.X_OK):
-        raise error(f"{key}: {str(path)!r} cannot be made ({str(place)!r} is not writable): {fix}")
-    if not os.access(path.parent, os.W_OK | os.X_OK):  # prepare's lock file, export's temporary folder go there
+    if place != path:
+        if not os.access(place, os.W_OK | os.X_OK):
+            raise error(f"{key}: {str(path)!r} cannot be made ({str(place)!r} is not writable): {fix}")
+    elif not os.access(path.parent, os.W_OK | os.X_OK):  # prepare's lock file, export's temporary folder go there
         raise error(f"{key}: {str(path.parent)!r} is not writable: {fix}")
 
 
