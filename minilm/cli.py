@@ -41,8 +41,14 @@ def _train_config(path: str, overrides: list[str]):
     from minilm.runfiles import CONFIG_FILE
 
     cfg = load_config(path, overrides)
-    here = Path(path).parent
-    if not (cfg.train.resume and Path(path).name == CONFIG_FILE and Path(cfg.train.out_dir).resolve() != here.resolve()):
+    here, out = Path(path).parent, Path(cfg.train.out_dir)
+    if Path(path).name != CONFIG_FILE or out.resolve() == here.resolve():
+        return cfg
+    if not cfg.train.resume:
+        if (here / "state").is_dir() and out.is_dir() and any(out.iterdir()):  # else a new run from a run's config
+            raise UsageError(f"{path} belongs to the run in {str(here)!r}, but its train.out_dir names {str(out)!r}, "
+                             f"which holds a run: pass train.resume=true to continue {str(here)!r}, or give "
+                             "train.out_dir=NEW for a new run")
         return cfg
     if any(o.split("=", 1)[0].strip() == "train.out_dir" for o in overrides):
         raise UsageError(f"{path} is the config.json of the run in {str(here)!r}, but train.out_dir={cfg.train.out_dir} "
@@ -344,7 +350,7 @@ def cmd_translate(args: argparse.Namespace) -> int:
 
     from minilm.data.seq2seq import end_id, source_text
     from minilm.generate import beam_search, translate
-    from minilm.tokenizer import unknown_chars
+    from minilm.tokenizer import UNK, unknown_chars
 
     cfg, model, tok = _load(args.run_dir, args.device, "seq2seq", "a seq2seq (encoder-decoder) run")
     _check_sample_args(args, cfg)
@@ -359,6 +365,10 @@ def cmd_translate(args: argparse.Namespace) -> int:
     bad = unknown_chars(tok, "".join(sources))
     if bad:
         raise UsageError(f"the source has characters the tokenizer never saw ({''.join(bad)!r}): remove them")
+    unseen = sorted({c for t in sources for c in t.split() if tok.token_to_id(c) is None}) if cfg.seq2seq.source_chars \
+        else []
+    if unseen:  # said, not refused: the model was trained to read them as the unknown token
+        print(f"minilm: note: the training data had no {''.join(unseen[:20])!r}: read as {UNK}", file=sys.stderr)
     ids = [tok.encode(t, add_special_tokens=False).ids for t in sources]
     block = cfg.model.block_size
     for text, x in zip(texts, ids):

@@ -60,6 +60,7 @@ class Progress:
 
 
 def read_config(run_dir: Path) -> Config:
+    check_run_dir(Path(run_dir))
     path = Path(run_dir) / CONFIG_FILE
     if not path.is_file():
         raise CheckpointError(f"{str(run_dir)!r} is not a minilm run directory (no {CONFIG_FILE}): give a run's out_dir")
@@ -110,7 +111,6 @@ def check_run_dir(run_dir: Path) -> None:
 def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> tuple[Config, torch.nn.Module, Tokenizer]:
     """The config, task model (in eval mode) and tokenizer saved in a run directory."""
     run_dir = Path(run_dir)
-    check_run_dir(run_dir)
     cfg = read_config(run_dir)
     model = build_model(cfg)
     load_weights(model, run_dir / MODEL_FILE)
@@ -121,7 +121,6 @@ def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> tuple[C
 def run_info(run_dir: str | Path) -> dict[str, str]:
     """What a user wants to know of a run before resuming or exporting it, as label -> text."""
     run_dir = Path(run_dir)
-    check_run_dir(run_dir)
     cfg = read_config(run_dir)
     m = cfg.model
     with torch.device("meta"):  # count without allocating
