@@ -117,6 +117,7 @@ def files(tmp_path_factory) -> dict[str, Path]:
         # one stray tab in the 5th line (its question holds a tab): 4 fields under a 3-field header
         "stray_tab": write("stray.tsv", "\n".join(trec[:4] + [trec[4].replace(" ", "\t", 1)] + trec[5:60]) + "\n"),
         "short_row_csv": write("short.csv", "sentence,label\ngood,1\nbad\n"),
+        "header_only": write("header.tsv", "word\tphonemes\n"),
         "g2p": write("g2p.tsv", "word\tphonemes\n" + "".join(f"{w}\t{p}\n" for w, p in G2P[:40])),
         "broken_jsonl": write("broken.jsonl", '{"sentence": "good", "label": 1}\n{"sentence": "bad", "label": 0}\n'
                                               '{"sentence": "oops", "label": \n{"sentence": "ok", "label": 1}\n'),
@@ -241,12 +242,23 @@ def cases(runs: dict[str, Path], files: dict[str, Path], tmp: Path) -> dict[str,
         "CSV row missing a field": (("eval", cls, "--data", str(files["short_row_csv"]), "--text-column", "sentence"),
                                     "line 3 has 1 fields"),
         "info on a file": (("info", str(files["short"])), "is a file"),
+        "export of a Hugging Face folder": (("export", str(runs["hf_gpt"]), str(tmp / "again")), "Hugging Face model folder"),
+        "a Hugging Face config.json as the config": (("train", str(runs["hf_gpt"] / "config.json")), "Hugging Face gpt2"),
+        "header-only table": (("eval", s2s, "--data", str(files["header_only"])), "only a header"),
+        "greedy with temperature": (("sample", gpt, "--greedy", "--temperature", "2"), "--greedy"),
+        "greedy samples repeat": (("sample", gpt, "--greedy", "--num-samples", "3"), "--num-samples 3"),
+        "top-k under greedy translate": (("translate", s2s, "cat", "--top-k", "3"), "--temperature above 0"),
+        "temperature with beams": (("translate", s2s, "cat", "--beams", "2", "--temperature", "1"), "--beams"),
+        "threads beyond the CPUs": ((*TRAIN, *SMALL, "train.threads=100000", out("a")), "train.threads"),
+        "model beyond memory": ((*TRAIN, *SMALL, "model.n_embd=65536", "model.n_head=1", out("a")), "GiB"),
+        "presets at a negative vocabulary": (("presets", "--vocab", "-5"), "--vocab"),
         "info on a Hugging Face folder": (("info", str(runs["hf_gpt"])), "Hugging Face model folder"),
         "sample a Hugging Face folder": (("sample", str(runs["hf_gpt"])), "init_from"),
         "finetune from a seq2seq run": (ft("a", f"model.init_from={s2s}", f"data.train_files=[{files['trec_head']}]",
                                            f"data.val_files=[{files['trec_head']}]"), "holds a train.task=seq2seq"),
         "GPT from a classifier run": ((*TRAIN, *SMALL[:-1], f"model.init_from={cls}", out("a")),
                                       "holds a train.task=classify"),
+        "a copied run's config.json, no resume": (("train", str(runs["gpt"] / "config.json")), "belongs to the run in"),
         "resume a run's config into another out_dir": (("train", str(runs["gpt"] / "config.json"), "train.resume=true",
                                                         f"train.out_dir={tmp / 'elsewhere'}"), "config.json of the run"),
     }
@@ -316,6 +328,8 @@ def test_translate_keeps_blank_lines_and_eval_shows_progress(runs, files):
     assert len(lines) == 5 and lines[1] == "" and lines[3] == ""
     alone = run_cli("translate", str(runs["s2s"]), "bird", "--max-new-tokens", "3")
     assert alone.stdout.strip() == lines[4].strip()  # the same output as the source alone
+    digits = run_cli("translate", str(runs["s2s"]), "c4t", "--max-new-tokens", "3")
+    assert digits.returncode == 0 and "no '4': read as [UNK]" in digits.stderr
     proc = run_cli("classify", str(runs["cls"]), input_text="what is a dog ?\n\nwho wrote it ?\n")
     assert proc.returncode == 0, proc.stderr[-2000:]
     lines = proc.stdout.split("\n")[:-1]
