@@ -368,8 +368,8 @@ def evaluate_and_save(s: Session) -> tuple[Evaluation, bool]:
         ("seq2seq.decode_examples", s.references is not None and 0 < s.cfg.seq2seq.decode_examples < len(s.references.sources)))
         if on]
     if last and limits:
-        tqdm_write(acc, f"final evaluation: scoring the whole validation set ({' and '.join(limits)} only limit "
-                        "the evaluations before it)")
+        tqdm_write(acc, f"final evaluation: scoring the whole validation set ({' and '.join(limits)} only "
+                        f"limit{'s' if len(limits) == 1 else ''} the evaluations before it)")
     ev = evaluate(s.model, s.val_loader, acc, 0 if last else tc.eval_batches, s.task.perplexity)
     limit = 0 if last else s.cfg.seq2seq.decode_examples
     if s.references is not None and (last or limit):  # what the model decodes, greedily: all sources at the end
