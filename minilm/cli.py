@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 import typing
@@ -16,21 +17,45 @@ class UsageError(MinilmError):
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from minilm.config import load_config
     from minilm.train import train
 
     datasets_quiet()
-    train(load_config(args.config, args.overrides))
+    train(_train_config(args.config, args.overrides))
     return 0
 
 
 def cmd_finetune(args: argparse.Namespace) -> int:
-    from minilm.config import load_config
     from minilm.train import train
 
     datasets_quiet()
-    train(load_config(args.config, ["train.task=classify", *args.overrides]))
+    train(_train_config(args.config, ["train.task=classify", *args.overrides]))
     return 0
+
+
+def _train_config(path: str, overrides: list[str]):
+    """The config to train. Resuming from a run's own config.json continues the run directory that file sits in:
+    a copied run directory's config.json still names the original's out_dir, which must never be written to."""
+    import dataclasses
+
+    from minilm.config import load_config
+    from minilm.runfiles import CONFIG_FILE
+
+    cfg = load_config(path, overrides)
+    here, out = Path(path).parent, Path(cfg.train.out_dir)
+    if Path(path).name != CONFIG_FILE or out.resolve() == here.resolve():
+        return cfg
+    if not cfg.train.resume:
+        if (here / "state").is_dir() and out.is_dir() and any(out.iterdir()):  # else a new run from a run's config
+            raise UsageError(f"{path} belongs to the run in {str(here)!r}, but its train.out_dir names {str(out)!r}, "
+                             f"which holds a run: pass train.resume=true to continue {str(here)!r}, or give "
+                             "train.out_dir=NEW for a new run")
+        return cfg
+    if any(o.split("=", 1)[0].strip() == "train.out_dir" for o in overrides):
+        raise UsageError(f"{path} is the config.json of the run in {str(here)!r}, but train.out_dir={cfg.train.out_dir} "
+                         f"was given: resume {str(here)!r} without train.out_dir, or copy the config elsewhere first")
+    print(f"minilm: note: resuming the run in {str(here)!r}, where {CONFIG_FILE} is (its train.out_dir names "
+          f"{cfg.train.out_dir!r}, the run it was copied from)", file=sys.stderr)
+    return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, out_dir=str(here)))
 
 
 def cmd_prepare(args: argparse.Namespace) -> int:
@@ -52,6 +77,7 @@ def cmd_prepare(args: argparse.Namespace) -> int:
         from minilm.hf import load_pretrained
 
         source = load_pretrained(cfg.model.init_from)
+        task.check_source(cfg, source)
     task.prepare(cfg, None, source)  # exactly what training does before its first step
     return 0
 
@@ -90,24 +116,33 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from minilm.run import load_run
     from minilm.tasks import get_task
 
-    if args.beams < 1:
-        raise UsageError(f"--beams {args.beams} must be at least 1 (1 is greedy decoding)")
     cfg, model, tok = load_run(args.run_dir, args.device)
+    task = get_task(cfg.train.task)
+    if not task.encoder_decoder and (args.beams is not None or args.length_penalty is not None):
+        raise UsageError(f"--beams and --length-penalty apply to seq2seq runs (scored on what they decode); "
+                         f"{args.run_dir!r} is a train.task={cfg.train.task} run: drop them")
+    if args.batch_size < 1:
+        raise UsageError(f"--batch-size {args.batch_size} must be at least 1")
+    if task.encoder_decoder:
+        _check_beams(args, cfg)
     datasets_quiet()
     data = dataclasses.replace(cfg.data, text_column=args.text_column or cfg.data.text_column)
     cl = dataclasses.replace(cfg.classify, text_pair_column=args.pair_column or cfg.classify.text_pair_column,
                              label_column=args.label_column or cfg.classify.label_column)
     cfg = dataclasses.replace(cfg, data=data, classify=cl)
-    task = get_task(cfg.train.task)
     examples, collate = task.eval_data(cfg, tok, [args.data])
+    _check_rows("--batch-size", max(1, min(args.batch_size, len(examples))), cfg, args.device)
     loader = torch.utils.data.DataLoader(examples, batch_size=args.batch_size, collate_fn=collate)
     accelerator = Accelerator(cpu=args.device == "cpu")
     result = evaluate(model, loader, accelerator, perplexity=task.perplexity)
     if task.encoder_decoder:  # scored on what it decodes, against all the targets of each source
         refs = References.of(examples, end_id(tok))
-        result.metrics.update(decoded_metrics(model, refs, accelerator, beams=args.beams,
-                                              length_penalty=args.length_penalty, batch_size=args.batch_size))
-        print(f"{len(refs.sources)} distinct sources decoded ({'greedy' if args.beams == 1 else f'beam {args.beams}'})")
+        beams = args.beams or 1
+        args.length_penalty = 1.0 if args.length_penalty is None else args.length_penalty
+        result.metrics.update(decoded_metrics(model, refs, accelerator, beams=beams,
+                                              length_penalty=args.length_penalty, batch_size=args.batch_size,
+                                              progress=True))
+        print(f"{len(refs.sources)} distinct sources decoded ({'greedy' if beams == 1 else f'beam {beams}'})")
     print(f"{len(examples)} examples from {args.data}")
     for k, v in result.metrics.items():
         print(f"{k.removeprefix('val_'):>10}: {v:.4f}")
@@ -124,7 +159,9 @@ def cmd_classify(args: argparse.Namespace) -> int:
     cfg, model, tok = _load(args.run_dir, args.device, "classify", "a classifier",
                             ", or fine-tune a classifier from it with `minilm finetune`")
     datasets_quiet()
-    texts = [args.text] if args.text is not None else [line.rstrip("\n") for line in sys.stdin if line.strip()]
+    # every line of standard input gets its line of output (a blank one for a blank line), so the two align
+    lines = [args.text] if args.text is not None else [line.rstrip("\r\n") for line in sys.stdin]
+    texts = [t for t in lines if t.strip()]
     if not texts:
         raise UsageError("no text to classify: pass TEXT or lines on standard input")
     pair_col = cfg.classify.text_pair_column
@@ -138,21 +175,74 @@ def cmd_classify(args: argparse.Namespace) -> int:
             raise UsageError("this classifier reads sentence pairs: give --pair TEXT2 or tab-separated lines")
     else:
         rows = [(t,) for t in texts]
-    batch = collator(cfg, tok)(list(encode_texts(cfg, tok, rows)))
-    with torch.no_grad():
-        probs = torch.softmax(model(**{k: v.to(args.device) for k, v in batch.items()}).logits.float(), -1)
-    for text, p in zip(texts, probs):
+    encoded, collate, probs = list(encode_texts(cfg, tok, rows)), collator(cfg, tok), []
+    with torch.no_grad():  # 64 texts at a time: memory stays bounded however many lines come in
+        for first in range(0, len(encoded), 64):
+            batch = collate(encoded[first:first + 64])
+            probs += torch.softmax(model(**{k: v.to(args.device) for k, v in batch.items()}).logits.float(), -1)
+    found = iter(zip(texts, probs))
+    for line in lines:
+        if not line.strip():
+            print(flush=True)
+            continue
+        text, p = next(found)
         best = int(p.argmax())
         shown = "  ".join(f"{name} {float(q):.3f}" for name, q in zip(cfg.classify.labels, p))
         print(f"{cfg.classify.labels[best]}\t{shown}\t{text}")
     return 0
 
 
-def _check_sample_args(args: argparse.Namespace, vocab: int) -> None:
-    if args.max_new_tokens < 0:
-        raise UsageError(f"--max-new-tokens {args.max_new_tokens} is negative: give 0 or more")
-    if args.temperature < 0:
+def _finite(text: str) -> float:
+    """argparse type of every float option: nan and inf mean nothing as a temperature, probability or penalty."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"{text} is not a finite number: give one such as 1.0")
+    return value
+
+
+def _free_bytes(device: str) -> int:
+    import torch
+
+    if device.startswith("cuda") and torch.cuda.is_available():
+        return torch.cuda.mem_get_info(torch.device(device))[0]
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+def _check_rows(flag: str, rows: int, cfg, device: str) -> None:
+    """A size that many rows are decoded at once: at least 1, and fitting in half the free memory."""
+    if rows < 1:
+        raise UsageError(f"{flag} {rows} must be at least 1")
+    need, free = rows * cfg.model.decode_row_bytes(), _free_bytes(device)
+    if need > free // 2:
+        fits = max(1, free // 2 // cfg.model.decode_row_bytes())
+        raise UsageError(f"{flag} {rows} needs about {need / 2**30:.1f} GiB for this model, more than half the "
+                         f"{free / 2**30:.1f} GiB free on {device}: give at most {fits}")
+
+
+def _check_sample_args(args: argparse.Namespace, cfg) -> None:
+    """What `sample` and `translate` are told about decoding, checked before any work."""
+    vocab = cfg.model.vocab_size
+    if args.max_new_tokens < 1:
+        raise UsageError(f"--max-new-tokens {args.max_new_tokens} generates nothing: give 1 or more")
+    if args.temperature is not None and args.temperature < 0:
         raise UsageError(f"--temperature {args.temperature} is negative: give 0 (greedy) or more")
+    if getattr(args, "greedy", False) and args.temperature is not None:
+        raise UsageError(f"--greedy always takes the most likely token, so --temperature {args.temperature} does not "
+                         "apply: drop one of them")
+    if args.beams is not None and args.temperature is not None:
+        raise UsageError(f"--beams searches for the most probable text; --temperature {args.temperature} is for "
+                         "sampling: drop it, or drop --beams")
+    if args.temperature is None:
+        args.temperature = 0.0 if getattr(args, "greedy", False) else args.default_temperature
+    if args.beams is None and args.temperature == 0 and (args.top_k is not None or args.top_p is not None):
+        raise UsageError("--top-k and --top-p narrow what is sampled; greedy decoding (temperature 0) samples "
+                         "nothing: give --temperature above 0, or drop them")
+    if args.beams is None and args.temperature == 0 and getattr(args, "num_samples", 1) > 1:
+        raise UsageError(f"greedy decoding gives the same text each time, so --num-samples {args.num_samples} "
+                         "would repeat it: give --temperature above 0, or drop --num-samples")
     if args.top_k is not None and not 1 <= args.top_k <= vocab:
         raise UsageError(f"--top-k {args.top_k} is outside 1..{vocab} (the vocabulary size): choose a value in range")
     if args.top_p is not None and not 0 < args.top_p <= 1:
@@ -163,25 +253,46 @@ def _check_sample_args(args: argparse.Namespace, vocab: int) -> None:
     if args.beams is None and args.n_best != 1:
         raise UsageError(f"--n-best {args.n_best} ranks the hypotheses of a beam search: add --beams K (K >= "
                          f"{max(args.n_best, 1)})")
+    _check_beams(args, cfg)
     if args.beams is not None:
-        if args.beams < 1:
-            raise UsageError(f"--beams {args.beams} must be at least 1 (1 is greedy decoding)")
         if not 1 <= args.n_best <= args.beams:
             raise UsageError(f"--n-best {args.n_best} is outside 1..{args.beams} (--beams): the search keeps only "
                              "that many")
         if args.top_k is not None or args.top_p is not None or samples > 1:
             raise UsageError("--beams searches for the most probable text; --top-k, --top-p and --num-samples are "
                              "for sampling: drop them, or drop --beams")
+    if getattr(args, "batch_size", 1) < 1:
+        raise UsageError(f"--batch-size {args.batch_size} must be at least 1")
+    if not 0 <= getattr(args, "seed", 0) < 2**64:
+        raise UsageError(f"--seed {args.seed} is outside 0..2**64-1: give a smaller non-negative number")
+
+
+def _check_beams(args: argparse.Namespace, cfg) -> None:
+    """--beams within what it can mean (one hypothesis per token of the vocabulary at the first step) and memory;
+    --length-penalty only with it."""
+    if args.beams is None:
+        if args.length_penalty is not None:
+            raise UsageError(f"--length-penalty {args.length_penalty} scores the hypotheses of a beam search: add "
+                             "--beams K, or drop it")
+        return
+    if args.beams < 1:
+        raise UsageError(f"--beams {args.beams} must be at least 1 (1 is greedy decoding)")
+    if args.beams > cfg.model.vocab_size:
+        raise UsageError(f"--beams {args.beams} is more than the {cfg.model.vocab_size} tokens of the vocabulary (a "
+                         "search that wide keeps every continuation): give at most that many")
+    _check_rows("--beams", args.beams, cfg, args.device)
+    if args.length_penalty is None:
+        args.length_penalty = 1.0
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
     import torch
 
     from minilm.generate import beam_search, generate
-    from minilm.tokenizer import eot_id, unknown_chars
+    from minilm.tokenizer import EOT, eot_id, unknown_chars
 
     cfg, model, tok = _load(args.run_dir, args.device, "causal_lm", "a GPT language model")
-    _check_sample_args(args, cfg.model.vocab_size)
+    _check_sample_args(args, cfg)
     bad = unknown_chars(tok, args.prompt)
     if bad:
         raise UsageError(f"the prompt has characters the tokenizer never saw ({''.join(bad)!r}): remove them")
@@ -198,7 +309,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
             text = args.prompt + tok.decode(h.tokens)
             print(f"[{h.score:.4f}] {text}" if args.n_best > 1 else text, flush=True)
         return 0
-    temperature = 0.0 if args.greedy else args.temperature
+    temperature = args.temperature  # 0 with --greedy
     gen = torch.Generator(device=args.device).manual_seed(args.seed)
     for s in range(args.num_samples):
         if args.num_samples > 1:
@@ -209,7 +320,9 @@ def cmd_sample(args: argparse.Namespace) -> int:
         shown = ""
         for nxt in generate(model, idx, args.max_new_tokens, temperature, args.top_k, args.top_p, eot,
                             use_cache=not args.no_cache, generator=gen):
-            if eot is not None and int(nxt[0]) == eot:
+            if eot is not None and int(nxt[0]) == eot:  # said on stderr: stdout holds only the text
+                print(f"minilm: note: the model ended the text ({EOT}) after {len(new)} of --max-new-tokens "
+                      f"{args.max_new_tokens} tokens", file=sys.stderr, flush=True)
                 break
             new.append(int(nxt[0]))
             text = tok.decode(new)
@@ -227,17 +340,25 @@ def cmd_translate(args: argparse.Namespace) -> int:
 
     from minilm.data.seq2seq import end_id, source_text
     from minilm.generate import beam_search, translate
-    from minilm.tokenizer import unknown_chars
+    from minilm.tokenizer import UNK, unknown_chars
 
     cfg, model, tok = _load(args.run_dir, args.device, "seq2seq", "a seq2seq (encoder-decoder) run")
-    _check_sample_args(args, cfg.model.vocab_size)
-    texts = [args.text] if args.text is not None else [line.rstrip("\n") for line in sys.stdin if line.strip()]
+    _check_sample_args(args, cfg)
+    # every line of standard input gets its line of output (a blank one for a blank line), so the two align
+    lines = [args.text] if args.text is not None else [line.rstrip("\r\n") for line in sys.stdin]
+    texts = [t for t in lines if t.strip()]
+    if args.text is not None and not args.text.strip():
+        raise UsageError("an empty source has nothing to translate: give some text")
     if not texts:
         raise UsageError("no source text: pass TEXT or one source per line on standard input")
     sources = [source_text(t, cfg.seq2seq.source_chars) for t in texts]
     bad = unknown_chars(tok, "".join(sources))
     if bad:
         raise UsageError(f"the source has characters the tokenizer never saw ({''.join(bad)!r}): remove them")
+    unseen = sorted({c for t in sources for c in t.split() if tok.token_to_id(c) is None}) if cfg.seq2seq.source_chars \
+        else []
+    if unseen:  # said, not refused: the model was trained to read them as the unknown token
+        print(f"minilm: note: the training data had no {''.join(unseen[:20])!r}: read as {UNK}", file=sys.stderr)
     ids = [tok.encode(t, add_special_tokens=False).ids for t in sources]
     block = cfg.model.block_size
     for text, x in zip(texts, ids):
@@ -246,20 +367,24 @@ def cmd_translate(args: argparse.Namespace) -> int:
         if len(x) > block:
             raise UsageError(f"the source {text[:40]!r} is {len(x)} tokens, more than the {block} the encoder reads "
                              "(model.block_size): shorten or split it")
+    _check_rows("--batch-size", min(args.batch_size, len(ids)), cfg, args.device)
     end, steps = end_id(tok), min(args.max_new_tokens, block - 1)
     if args.beams is not None:
-        for text, x in zip(texts, ids):
-            found = beam_search(model, [end], args.beams, steps, end, args.length_penalty, args.n_best,
-                                use_cache=not args.no_cache, source=x)
-            for h in found:  # best first, each with its length-normalized log-probability
-                out = tok.decode(h.tokens)
-                print(f"{text}\t{h.score:.4f}\t{out}" if args.n_best > 1 else out, flush=True)
-        return 0
-    gen = torch.Generator(device=args.device).manual_seed(args.seed)
-    outputs = translate(model, ids, end, batch_size=args.batch_size, temperature=args.temperature, top_k=args.top_k,
-                        top_p=args.top_p, generator=gen, use_cache=not args.no_cache, max_new_tokens=steps)
-    for out in outputs:
-        print(tok.decode(out), flush=True)
+        found = (beam_search(model, [end], args.beams, steps, end, args.length_penalty, args.n_best,
+                             use_cache=not args.no_cache, source=x) for x in ids)
+        outputs = ([(h.score, tok.decode(h.tokens)) for h in hyps] for hyps in found)  # best first
+    else:
+        gen = torch.Generator(device=args.device).manual_seed(args.seed)
+        decoded = translate(model, ids, end, batch_size=args.batch_size, temperature=args.temperature,
+                            top_k=args.top_k, top_p=args.top_p, generator=gen, use_cache=not args.no_cache,
+                            max_new_tokens=steps)
+        outputs = ([(None, tok.decode(out))] for out in decoded)
+    for text in lines:
+        if not text.strip():
+            print(flush=True)
+            continue
+        for score, out in next(outputs):  # n-best lines: source, length-normalized log-probability, output
+            print(f"{text}\t{score:.4f}\t{out}" if args.n_best > 1 else out, flush=True)
     return 0
 
 
@@ -310,6 +435,8 @@ def cmd_presets(args: argparse.Namespace) -> int:
     from minilm.config import model_config_class, presets
     from minilm.models import count_params, task_model
 
+    if args.vocab < 0:
+        raise UsageError(f"--vocab {args.vocab} is negative: give a vocabulary size (0: each family's own)")
     print(f"{'preset':<18} {'layers':>6} {'heads':>5} {'width':>5} {'block':>5} {'params':>10}  {'vocab':>6}")
     for name, values in presets().items():
         cfg = model_config_class(values["arch"])(**values)
@@ -364,9 +491,9 @@ def _add_run_commands(sub: argparse._SubParsersAction) -> None:
     ev.add_argument("--pair-column", default=None)
     ev.add_argument("--label-column", default=None)
     ev.add_argument("--batch-size", type=int, default=64)
-    ev.add_argument("--beams", type=int, default=1, help="seq2seq runs: decode by beam search with this many beams "
-                                                         "(default 1: greedy)")
-    ev.add_argument("--length-penalty", type=float, default=1.0, help="seq2seq runs, with --beams")
+    ev.add_argument("--beams", type=int, default=None, help="seq2seq runs: decode by beam search with this many "
+                                                            "beams (default 1: greedy)")
+    ev.add_argument("--length-penalty", type=_finite, default=None, help="seq2seq runs, with --beams (default 1)")
     ev.add_argument("--device", default="cpu")
     ev.set_defaults(func=cmd_eval)
 
@@ -399,15 +526,16 @@ def _add_run_commands(sub: argparse._SubParsersAction) -> None:
 def _decoding_options(c: argparse.ArgumentParser, temperature: float, max_new_tokens: int, what: str) -> None:
     """What `sample` and `translate` share: sampling settings, beam search, the cache, the device."""
     c.add_argument("--max-new-tokens", type=int, default=max_new_tokens)
-    c.add_argument("--temperature", type=float, default=temperature)
+    c.add_argument("--temperature", type=_finite, default=None, help=f"0: greedy (default {temperature})")
+    c.set_defaults(default_temperature=temperature)
     c.add_argument("--top-k", type=int, default=None)
-    c.add_argument("--top-p", type=float, default=None)
+    c.add_argument("--top-p", type=_finite, default=None)
     c.add_argument("--seed", type=int, default=1337)
     c.add_argument("--no-cache", action="store_true", help="recompute the whole output each step (slower)")
     c.add_argument("--beams", type=int, default=None, help="beam search with this many beams instead of sampling")
     c.add_argument("--n-best", type=int, default=1, help=f"with --beams: print this many best {what}, with scores")
-    c.add_argument("--length-penalty", type=float, default=1.0,
-                   help="with --beams: score = log-probability / length ** this (0: total log-probability)")
+    c.add_argument("--length-penalty", type=_finite, default=None,
+                   help="with --beams (default 1): score = log-probability / length ** this (0: total log-probability)")
     c.add_argument("--device", default="cpu")
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import sys
 import types
 import typing
@@ -68,6 +69,13 @@ class ModelConfig:
     def default_pooling(self) -> str:
         """What a classifier over this model reads unless classify.pooling says otherwise."""
         return "last"
+
+    def decode_row_bytes(self, width: int = 0, attention: int = 0) -> int:
+        """About what decoding one row (a beam, a source of a batch) holds, fp32: keys and values (or states) of
+        `width` (default n_embd) at every position of every layer, `attention` more floats per position and layer,
+        a few rows of logits. A family passes its own width and attention."""
+        per_position = (self.n_layer + self.encoder_layers) * (6 * (width or self.n_embd) + attention)
+        return 4 * (self.block_size * per_position + 4 * self.vocab_size)
 
     def describe(self) -> str:
         """The model in a few words, for `minilm info`."""
@@ -315,6 +323,19 @@ def preset_names() -> list[str]:
 # Building a Config from nested dicts, with type checks
 
 
+class _Loader(yaml.SafeLoader):
+    """YAML with only true/false as booleans (YAML 1.2): YAML 1.1 also reads yes/no/on/off so, and a documented
+    string value such as train.mixed_precision=no would arrive as False. Boolean keys still take them (_coerce)."""
+
+
+_Loader.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+_Loader.add_implicit_resolver("tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
+                              list("tTfF"))
+_BOOL_WORDS = {"yes": True, "on": True, "y": True, "no": False, "off": False, "n": False}
+
+
 def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", str(tp)).replace("NoneType", "None")
 
@@ -351,6 +372,8 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
     elif tp is bool:
         if isinstance(value, bool):
             return value
+        if isinstance(value, str) and value.lower() in _BOOL_WORDS:
+            return _BOOL_WORDS[value.lower()]
     elif tp is str:
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):
             return str(value)
@@ -457,7 +480,7 @@ def parse_overrides(overrides: list[str]) -> dict:
         if not sep or len(parts) != 2 or not all(parts):
             raise ConfigError(f"override {item!r} is not of the form section.key=value (e.g. model.n_layer=4)")
         try:
-            value = yaml.safe_load(text) if text.strip() else ""
+            value = yaml.load(text, Loader=_Loader) if text.strip() else ""
         except yaml.YAMLError:
             value = text
         out.setdefault(parts[0], {})[parts[1]] = value
@@ -472,7 +495,7 @@ def read_yaml(path: str | Path) -> dict:
     if not p.is_file():
         raise ConfigError(f"config file {str(p)!r} does not exist: pass the path of a YAML file (see configs/)")
     try:
-        raw = yaml.safe_load(p.read_text(encoding="utf-8"))
+        raw = yaml.load(p.read_text(encoding="utf-8"), Loader=_Loader)
     except (yaml.YAMLError, UnicodeDecodeError) as e:
         where = getattr(e, "problem_mark", None)
         at = f" at line {where.line + 1}" if where is not None else ""
@@ -484,6 +507,10 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:
     raw = read_yaml(path) if path is not None else {}
     if not isinstance(raw, dict):
         raise ConfigError(f"config file {str(path)!r} must hold a mapping of sections (model:, train:, ...)")
+    if "model_type" in raw and not isinstance(raw.get("model"), dict):
+        raise ConfigError(f"{str(path)!r} is the config of a Hugging Face {raw['model_type']} model, not a minilm "
+                          f"config: train from it with a YAML config (see configs/) and model.init_from="
+                          f"{Path(path).parent}")
     raw = upgrade_saved(raw)  # a run's config.json written by an earlier version (the documented resume command)
     given = parse_overrides(list(overrides))
     # train.epochs sets max_steps; a max_steps given on the command line means this many steps, so it wins

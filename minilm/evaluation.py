@@ -84,7 +84,8 @@ def evaluate(model: torch.nn.Module, loader, accelerator: Accelerator, max_batch
 
 
 def decoded_metrics(model: torch.nn.Module, refs: References, accelerator: Accelerator, limit: int = 0,
-                    beams: int = 1, length_penalty: float = 1.0, batch_size: int = 64) -> dict[str, float]:
+                    beams: int = 1, length_penalty: float = 1.0, batch_size: int = 64,
+                    progress: bool = False) -> dict[str, float]:
     """val_seq_error and val_token_error of decoding the first `limit` sources of `refs` (0: all), greedily or by
     beam search; each process decodes its share. The model's train/eval mode is kept."""
     model = accelerator.unwrap_model(model)
@@ -92,7 +93,8 @@ def decoded_metrics(model: torch.nn.Module, refs: References, accelerator: Accel
     model.eval()
     n = min(limit, len(refs.sources)) if limit else len(refs.sources)
     mine = range(accelerator.process_index, n, accelerator.num_processes)
-    outputs = translate(model, [refs.sources[i] for i in mine], refs.end, beams, length_penalty, batch_size)
+    outputs = translate(model, [refs.sources[i] for i in mine], refs.end, beams, length_penalty, batch_size,
+                        progress=progress and accelerator.is_main_process)
     sums = sequence_errors(outputs, [refs.targets[i] for i in mine])
     keys = list(sums)
     totals = torch.tensor([float(sums[k]) for k in keys], device=accelerator.device)

@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
+from tqdm.auto import tqdm
 
 from minilm.data.batch import pad_examples
 from minilm.models import decoder
@@ -139,17 +140,17 @@ def beam_search(model: torch.nn.Module, prompt: list[int], beams: int, max_new_t
 def translate(model: torch.nn.Module, sources: list[list[int]], end: int, beams: int = 1,
               length_penalty: float = 1.0, batch_size: int = 64, temperature: float = 0.0, top_k: int | None = None,
               top_p: float | None = None, generator: torch.Generator | None = None, use_cache: bool = True,
-              max_new_tokens: int | None = None) -> list[list[int]]:
+              max_new_tokens: int | None = None, progress: bool = False) -> list[list[int]]:
     """The decoded target of each source (its token ids, without the end token): greedy or sampled in batches
-    of similar length, or by beam search one source at a time (beams > 1)."""
+    of similar length, or by beam search one source at a time (beams > 1); `progress`: a bar on stderr."""
     limit = model.cfg.block_size if max_new_tokens is None else max_new_tokens
     if beams > 1:
         return [beam_search(model, [end], beams, limit, end, length_penalty, use_cache=use_cache, source=s)[0].tokens
-                for s in sources]
+                for s in tqdm(sources, desc=f"beam {beams}", unit="source", disable=not progress)]
     device = next(model.parameters()).device
     order = sorted(range(len(sources)), key=lambda i: len(sources[i]))  # little padding per batch
     out: list[list[int]] = [[] for _ in sources]
-    for first in range(0, len(order), batch_size):
+    for first in tqdm(range(0, len(order), batch_size), desc="decoding", unit="batch", disable=not progress):
         rows = order[first:first + batch_size]
         batch = pad_examples([{"input_ids": sources[i]} for i in rows], end)  # right-padded (B, S)
         src, mask = batch["input_ids"], batch["attention_mask"]

@@ -19,15 +19,16 @@ from safetensors.torch import save_file
 from tokenizers import Tokenizer
 
 from minilm.errors import CheckpointError
-from minilm.hf_files import hf_tokenizer, read_json, read_weights, tokenizer_config, wordpiece_vocab
+from minilm.hf_files import exported_tokenizer, hf_tokenizer, read_json, read_weights, tokenizer_config, wordpiece_vocab
 from minilm.models import FAMILIES, HFImport, build_model, family_of, task_model
 from minilm.run import load_run, read_config, read_tokenizer
-from minilm.runfiles import CONFIG_FILE, MODEL_FILE, TOKENIZER_FILE, check_state, read_safetensors, shapes
+from minilm.runfiles import CONFIG_FILE, MODEL_FILE, TOKENIZER_FILE, check_place, check_state, read_safetensors, shapes
 from minilm.tasks import Source
 from minilm.tokenizer import check_vocab
 
 
 def _check_out_dir(out_dir: Path) -> None:
+    check_place(out_dir, "export", "choose a folder you can write to")
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
         raise CheckpointError(f"output directory {str(out_dir)!r} already exists and is not an empty directory: "
                               "choose a new directory (export never overwrites)")
@@ -53,13 +54,17 @@ def export_hf(run_dir: Path, out_dir: Path) -> None:
                       label2id={name: i for i, name in enumerate(labels)})
 
     # build everything in a sibling temp dir and rename it into place: a failure leaves no half-written folder
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_dir.parent / f".{out_dir.name}.tmp-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
+    try:
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+        tmp.mkdir()
+    except OSError as e:  # what check_place cannot see: a read-only file system
+        raise CheckpointError(f"cannot write {str(out_dir)!r} ({e.strerror or e}): choose a folder you can write "
+                              "to") from e
     try:
         (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
         save_file(tensors, str(tmp / MODEL_FILE), metadata={"format": "pt"})  # transformers requires the format tag
-        shutil.copyfile(run_dir / TOKENIZER_FILE, tmp / TOKENIZER_FILE)
+        exported_tokenizer(tok, full.seq2seq.source_chars).save(str(tmp / TOKENIZER_FILE))
         tok_cfg = tokenizer_config(tok, cfg.block_size)
         (tmp / "tokenizer_config.json").write_text(json.dumps(tok_cfg, indent=2) + "\n", encoding="utf-8")
         vocab = wordpiece_vocab(tok) if tok_cfg["tokenizer_class"] == "BertTokenizerFast" else None
@@ -69,6 +74,10 @@ def export_hf(run_dir: Path, out_dir: Path) -> None:
         if out_dir.exists():
             out_dir.rmdir()  # empty, checked above; os.replace cannot replace a directory on every platform
         os.replace(tmp, out_dir)
+    except OSError as e:  # a full disk: nothing half-written is left
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise CheckpointError(f"could not write {str(out_dir)!r} ({e.strerror or e}): free disk space or choose "
+                              "another folder") from e
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers
+from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers
 
 from minilm.errors import CheckpointError
 from minilm.runfiles import MODEL_FILE, TOKENIZER_FILE, Weights, read_safetensors
@@ -153,6 +153,22 @@ def wordpiece_vocab(tok: Tokenizer) -> list[str] | None:
     if sorted(by_id) != list(range(len(by_id))) or any("\n" in t or "\r" in t for t in by_id.values()):
         return None
     return [by_id[i] for i in range(len(by_id))]
+
+
+def exported_tokenizer(tok: Tokenizer, source_chars: bool) -> Tokenizer:
+    """The run's tokenizer as transformers should use it: the same ids, and what minilm does before encoding done by
+    the tokenizer itself. A character vocabulary maps a character its text lacked to <|endoftext|> (declared the
+    unk token too, GPT-2's convention) where tokenizers would raise; with seq2seq.source_chars the input is split
+    one character per token, whitespace as "▁", as minilm feeds sources."""
+    raw = json.loads(tok.to_str())
+    model = raw["model"]
+    if model["type"] == "WordLevel" and model.get("unk_token") not in model["vocab"] and EOT in model["vocab"]:
+        model["unk_token"] = EOT
+    out = Tokenizer.from_str(json.dumps(raw))
+    if source_chars:
+        out.normalizer = normalizers.Sequence([normalizers.Strip(), normalizers.Replace(Regex(r"\s"), "▁")])
+        out.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
+    return out
 
 
 def tokenizer_config(tok: Tokenizer, block_size: int) -> dict[str, Any]:

@@ -61,6 +61,7 @@ class Progress:
 
 
 def read_config(run_dir: Path) -> Config:
+    check_run_dir(Path(run_dir))
     path = Path(run_dir) / CONFIG_FILE
     if not path.is_file():
         raise CheckpointError(f"{str(run_dir)!r} is not a minilm run directory (no {CONFIG_FILE}): give a run's out_dir")
@@ -90,11 +91,27 @@ def load_weights(model: torch.nn.Module, path: Path) -> None:
     model.load_state_dict(state)
 
 
+def check_run_dir(run_dir: Path) -> None:
+    """Refuse, naming what it is, a path that is not a minilm run directory: missing, a file, a Hugging Face folder."""
+    if run_dir.is_file() or (run_dir.exists() and not run_dir.is_dir()):
+        raise CheckpointError(f"{str(run_dir)!r} is a file, not a run directory: give the out_dir of a training run "
+                              f"(the folder holding {CONFIG_FILE})")
+    if not run_dir.is_dir():
+        raise CheckpointError(f"run directory {str(run_dir)!r} does not exist: give the out_dir of a training run")
+    path = run_dir / CONFIG_FILE
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return  # read_config names the damage
+    if isinstance(raw, dict) and "model_type" in raw and not isinstance(raw.get("model"), dict):
+        raise CheckpointError(f"{str(run_dir)!r} is a Hugging Face model folder (model_type={raw['model_type']!r}), "
+                              "not a minilm run: load it with transformers, or start a minilm run from it with "
+                              f"model.init_from={run_dir}")
+
+
 def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> tuple[Config, torch.nn.Module, Tokenizer]:
     """The config, task model (in eval mode) and tokenizer saved in a run directory."""
     run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise CheckpointError(f"run directory {str(run_dir)!r} does not exist: give the out_dir of a training run")
     cfg = read_config(run_dir)
     model = build_model(cfg)
     load_weights(model, run_dir / MODEL_FILE)
@@ -105,8 +122,6 @@ def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> tuple[C
 def run_info(run_dir: str | Path) -> dict[str, str]:
     """What a user wants to know of a run before resuming or exporting it, as label -> text."""
     run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise CheckpointError(f"run directory {str(run_dir)!r} does not exist: give the out_dir of a training run")
     cfg = read_config(run_dir)
     m = cfg.model
     with torch.device("meta"):  # count without allocating
@@ -119,7 +134,7 @@ def run_info(run_dir: str | Path) -> dict[str, str]:
     info = {
         "task": f"{cfg.train.task} on {m.describe()}",
         "parameters": f"{n_params / 1e6:.2f}M",
-        "tokenizer": f"{type(tok.model).__name__}, {tok.get_vocab_size():,} tokens",
+        "tokenizer": f"{_tokenizer_kind(tok)}, {tok.get_vocab_size():,} tokens",
         "step": f"{progress.step if progress else 0} of {cfg.train.max_steps}",
     }
     if vals:
@@ -135,6 +150,15 @@ def run_info(run_dir: str | Path) -> dict[str, str]:
     else:
         info["resumable"] = f"yes: minilm train {run_dir / CONFIG_FILE} train.resume=true"
     return info
+
+
+def _tokenizer_kind(tok: Tokenizer) -> str:
+    """What a user configured (tokenizer.kind), not the tokenizers class behind it."""
+    kind = type(tok.model).__name__
+    if kind == "WordLevel":  # minilm's char tokenizer splits every character; its word tokenizer, whitespace
+        splits = json.loads(tok.to_str()).get("pre_tokenizer") or {}
+        return "character-level (WordLevel)" if splits.get("type") == "Split" else "word-level (WordLevel)"
+    return {"BPE": "byte-level BPE", "WordPiece": "WordPiece"}.get(kind, kind)
 
 
 def _metrics_line(record: dict) -> str:

@@ -25,6 +25,23 @@ STATE_DIR, PROGRESS_FILE, METRICS_FILE = "state", "progress.json", "metrics.json
 Weights = dict[str, torch.Tensor]  # named tensors: a state dict
 
 
+def check_place(path: Path, key: str, fix: str, error: type[Exception] = CheckpointError) -> None:
+    """Refuse in one line, before anything is written, a folder to be written that is a file, lies under a file or
+    in a folder this process cannot write to (`key` names where the path came from)."""
+    if path.exists() and not path.is_dir():
+        raise error(f"{key}: {str(path)!r} is a file, not a folder: {fix}")
+    place = path
+    while not place.exists() and place != place.parent:
+        place = place.parent
+    if not place.is_dir():
+        raise error(f"{key}: {str(place)!r} is a file, so {str(path)!r} cannot be made: {fix}")
+    if place != path:
+        if not os.access(place, os.W_OK | os.X_OK):
+            raise error(f"{key}: {str(path)!r} cannot be made ({str(place)!r} is not writable): {fix}")
+    elif not os.access(path.parent, os.W_OK | os.X_OK):  # prepare's lock file, export's temporary folder go there
+        raise error(f"{key}: {str(path.parent)!r} is not writable: {fix}")
+
+
 def fsync_dir(path: Path) -> None:
     try:
         fd = os.open(path, os.O_RDONLY)

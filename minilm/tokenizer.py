@@ -8,15 +8,19 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import sys
-from collections.abc import Iterable, Iterator
+import threading
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 
 from minilm.config import TokenizerConfig
 from minilm.errors import ConfigError, DataError
 
+T = TypeVar("T")
 EOT = "<|endoftext|>"  # separates documents for causal LMs (GPT-2's name for it)
 PAD, UNK, CLS, SEP, MASK = "[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"
 BERT_SPECIALS = [PAD, UNK, CLS, SEP, MASK]
@@ -85,16 +89,47 @@ def train_wordpiece(texts: Iterable[str], vocab_size: int, lowercase: bool) -> T
     return tok
 
 
+# The BPE and WordPiece trainers slow down much faster than linearly with a word's length (a 1 MB line without
+# spaces ran for minutes): they see longer runs of non-space characters cut into pieces of this many.
+MAX_WORD = 100
+_LONG_WORD = re.compile(r"\S{%d}" % MAX_WORD)
+
+
+def bounded_words(texts: Iterable[str]) -> Iterator[str]:
+    for text in texts:
+        yield _LONG_WORD.sub(lambda m: m.group(0) + " ", text)
+
+
 def train_tokenizer(cfg: TokenizerConfig, texts: Iterable[str]) -> Tokenizer:
     """Train the configured kind of tokenizer on (at most cfg.sample_bytes of) `texts`."""
     texts = limit_text(texts, cfg.sample_bytes)
     if cfg.kind == "char":
         return train_char(texts)
-    if cfg.kind == "bpe":
-        return train_bpe(texts, cfg.vocab_size)
     if cfg.kind == "word":
         return train_word(texts)
-    return train_wordpiece(texts, cfg.vocab_size, cfg.lowercase)
+    if cfg.kind == "bpe":
+        return interruptible(train_bpe, bounded_words(texts), cfg.vocab_size)
+    return interruptible(train_wordpiece, bounded_words(texts), cfg.vocab_size, cfg.lowercase)
+
+
+def interruptible(work: Callable[..., T], *args) -> T:
+    """work(*args) in a thread while the main thread waits: the trainers run in Rust without returning to Python,
+    where Ctrl-C would be noticed; waiting here it is, and the (daemon) thread ends with the process."""
+    out: dict = {}
+
+    def run() -> None:
+        try:
+            out["value"] = work(*args)
+        except BaseException as e:  # handed to the caller
+            out["error"] = e
+
+    thread = threading.Thread(target=run, daemon=True, name="tokenizer-trainer")
+    thread.start()
+    while thread.is_alive():
+        thread.join(0.2)
+    if "error" in out:
+        raise out["error"]
+    return out["value"]
 
 
 def load_tokenizer(path: str | Path) -> Tokenizer:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import signal
 import time
 from collections.abc import Iterator
@@ -147,8 +148,27 @@ class Session:
     started: float = dataclasses.field(default_factory=time.perf_counter)  # this session's start
 
 
+def check_fits(cfg: Config, accelerator: Accelerator) -> None:
+    """The model's weights, gradients and AdamW's two moments (16 bytes a parameter in fp32) fit in the memory
+    free on the device: a size given in the config is refused in one line, not killed by the kernel later."""
+    with torch.device("meta"):  # count without allocating
+        n = count_params(build_model(cfg))
+    if accelerator.device.type == "cuda":
+        free = torch.cuda.mem_get_info(accelerator.device)[0]
+    else:
+        free = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    if 16 * n > free:
+        raise ConfigError(f"the model has {n / 1e6:,.0f}M parameters, which need about {16 * n / 2**30:,.1f} GiB to "
+                          f"train (weights, gradients, optimizer), more than the {free / 2**30:,.1f} GiB free on "
+                          f"{accelerator.device}: make model.n_embd, n_layer, block_size or the vocabulary smaller")
+
+
 def make_accelerator(cfg: Config) -> Accelerator:
     tc = cfg.train
+    cpus = os.cpu_count() or 1
+    if tc.threads > cpus:  # more threads than CPUs only slow torch down (and a huge number cannot be started)
+        raise ConfigError(f"train.threads={tc.threads} is more than the {cpus} CPUs here: give at most {cpus} (0: "
+                          "torch's default)")
     if tc.threads:
         torch.set_num_threads(tc.threads)
     mixed = tc.mixed_precision
@@ -175,10 +195,13 @@ def set_up(cfg: Config, task: Task, run: RunDir, accelerator: Accelerator) -> Se
     with accelerator.main_process_first():
         tok = load_tokenizer(run.path / TOKENIZER_FILE) if tc.resume or not main else None
         source = load_pretrained(cfg.model.init_from) if cfg.model.init_from and not tc.resume else None
+        if source is not None:
+            task.check_source(cfg, source)
         data = task.prepare(cfg, tok, source)
         if main and not tc.resume:
             run.create(data.cfg, data.tokenizer)
     task.check_model(data.cfg, data.cfg.model)  # with init_from, the architecture is known only now
+    check_fits(data.cfg, accelerator)
     family = family_of(data.cfg.model)
     set_seed(tc.seed)  # the same initial weights whatever data preparation consumed
     model = build_model(data.cfg)
@@ -349,10 +372,18 @@ def evaluate_and_save(session: Session) -> tuple[Evaluation, bool]:
     """Evaluate, checkpoint (new weights only if they improved train.best_metric); True when early stopping."""
     acc, tc, progress = session.accelerator, session.cfg.train, session.progress
     last = progress.step == tc.max_steps
+    references = session.references
+    limits = [key for key, on in (
+        ("train.eval_batches", 0 < tc.eval_batches < _batches(session.val_loader)),
+        ("seq2seq.decode_examples",
+         references is not None and 0 < session.cfg.seq2seq.decode_examples < len(references.sources))) if on]
+    if last and limits:
+        tqdm_write(acc, f"final evaluation: scoring the whole validation set ({' and '.join(limits)} only "
+                        f"limit{'s' if len(limits) == 1 else ''} the evaluations before it)")
     ev = evaluate(session.model, session.val_loader, acc, 0 if last else tc.eval_batches, session.task.perplexity)
     limit = 0 if last else session.cfg.seq2seq.decode_examples
-    if session.references is not None and (last or limit):  # what the model decodes, greedily: all sources at the end
-        ev.metrics.update(decoded_metrics(session.model, session.references, acc, limit))
+    if references is not None and (last or limit):  # what the model decodes, greedily: all sources at the end
+        ev.metrics.update(decoded_metrics(session.model, references, acc, limit))
     session.run.metrics.write({"split": "val", "step": progress.step, **ev.metrics})
     acc.log(ev.metrics, step=progress.step)
     tqdm_write(acc, f"step {progress.step}: " + ", ".join(f"{k} {v:.4f}" for k, v in ev.metrics.items()))
@@ -409,6 +440,13 @@ def finish(session: Session, evaluation: Evaluation | None) -> dict[str, float]:
               f"run directory {session.run.path}")
     acc.end_training()
     return evaluation.metrics if evaluation is not None else {}
+
+
+def _batches(loader) -> int:
+    try:
+        return len(loader)
+    except TypeError:  # a stream's validation loader has no length: it may be longer than any limit
+        return 1 << 62
 
 
 def tqdm_write(accelerator: Accelerator, text: str) -> None:

@@ -21,6 +21,7 @@ from safetensors.torch import load_file, save_file
 from minilm import hf
 from minilm.run import load_run
 from minilm.config import config_from_dict
+from minilm.errors import CheckpointError
 from minilm.runfiles import write_json
 from minilm.errors import CheckpointError
 from minilm.models.transformer.heads import CausalLM
@@ -192,7 +193,7 @@ def test_failed_export_leaves_nothing(tmp_path: Path, monkeypatch: pytest.Monkey
         raise OSError("disk full")
 
     monkeypatch.setattr(hf, "save_file", boom)
-    with pytest.raises(OSError):
+    with pytest.raises(CheckpointError, match="disk full"):  # one line, and nothing half-written
         hf.export_hf(run, tmp_path / "out" / "hf")
     assert list((tmp_path / "out").iterdir()) == []
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import glob
 import json
 import os
@@ -88,6 +89,29 @@ def load_files(files: list[str], **builder_kwargs) -> datasets.Dataset:
         raise DataError(f"could not read {files[0]!r}{' and others' if len(files) > 1 else ''}: {_short(e)}") from e
     finally:
         datasets.logging.set_verbosity(level)
+
+
+def check_table_rows(files: list[str], what: str, quoted: bool) -> None:
+    """Every row of a CSV/TSV file has as many fields as its header: a stray tab or comma would shift the columns
+    (pandas reads an extra field as an index, a missing one as empty) and be blamed on a value far from it."""
+    for f in files:
+        tsv = f.lower().endswith(".tsv")
+        with open(f, encoding="utf-8-sig", errors="replace", newline="") as fh:
+            rows = csv.reader(fh, delimiter="\t" if tsv else ",", quoting=csv.QUOTE_MINIMAL if quoted else csv.QUOTE_NONE)
+            try:
+                header, seen = next(rows, []), 0
+                for row in rows:
+                    seen += bool(row)
+                    if row and len(row) != len(header):
+                        raise DataError(f"{what}: {f!r} line {rows.line_num} has {len(row)} fields but the header has "
+                                        f"{len(header)} (a stray {'tab' if tsv else 'comma'}, or a missing one?): fix "
+                                        "that row")
+            except csv.Error as e:
+                raise DataError(f"{what}: {f!r} line {rows.line_num} cannot be read as a table ({e}): fix that "
+                                "row") from e
+        if not seen:
+            raise DataError(f"{what}: {f!r} holds {'only a header' if header else 'no rows'}: give a table with rows "
+                            "under its header line")
 
 
 def bad_json_line(path: str) -> tuple[int, str] | None:

@@ -42,6 +42,7 @@ from minilm.data.files import resolve_files
 from minilm.data.pieces import PIECE_CHARS, list_sources, pieces, sample_texts
 from minilm.data.sentences import split_sentences
 from minilm.errors import DataError
+from minilm.runfiles import check_place
 from minilm.tokenizer import encode_texts, eot_id
 
 VERSION = 1
@@ -266,8 +267,13 @@ def _write_manifest(path: Path, manifest: dict) -> None:
 @contextlib.contextmanager
 def _locked(path: Path) -> Iterator[None]:
     """One prepare at a time per folder (two runs started on the same data wait for each other)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.parent / f".{path.name}.lock", "w") as fh:
+    try:  # _check_place said why not, except where only trying tells (a read-only file system, root's access)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fh = open(path.parent / f".{path.name}.lock", "w")
+    except OSError as e:
+        raise DataError(f"cannot write the prepared data in {str(path)!r} ({e.strerror or e}): give "
+                        "data.prepared_dir (or MINILM_CACHE) a folder you can write to") from e
+    with fh:
         fcntl.flock(fh, fcntl.LOCK_EX)
         try:
             yield
@@ -285,36 +291,42 @@ def prepare(cfg: Config, given: Tokenizer | None, train_tokenizer: Callable[[Ite
     """
     path = prepared_dir(cfg, sentences)
     sources = list_sources(cfg)
-    with _locked(path):
-        manifest = _read_manifest(path)
-        reason = _stale(path, manifest, sources, given, sentences)
-        if manifest is not None and manifest.get("complete") and reason is None:
-            return Prepared(path, _stored_tokenizer(path, given), manifest)
-        if reason is not None and show:
-            tqdm.write(f"preparing {path} again: {reason}")
-        if reason is not None or manifest is None:
-            _clear(path)
-            (given or train_tokenizer(sample_texts(cfg))).save(str(path / "tokenizer.json"))
-            tok = _stored_tokenizer(path, None)  # hashed as every later reader sees it: read back from the file
-            manifest = {"version": VERSION, "tokenizer": tokenizer_hash(tok), "sources": sources, "sentences": sentences,
-                        "dtype": "uint16" if tok.get_vocab_size() <= 1 << 16 else "uint32", "splits": {},
-                        "complete": False}
-            _write_manifest(path, manifest)
-        tok = _stored_tokenizer(path, None)
-        total = sum(s.get("size", 0) for split in sources.values() for s in split)
-        started = time.perf_counter()
-        # MB/s and ETA on a terminal; nothing on a log file or pipe, where the summary line below says it all
-        try:
+    # before the lock file is made beside it
+    key = "data.prepared_dir" if cfg.data.prepared_dir else "MINILM_CACHE"
+    check_place(path, key, f"give {key} a folder you can write to", DataError)
+    try:
+        with _locked(path):
+            manifest = _read_manifest(path)
+            reason = _stale(path, manifest, sources, given, sentences)
+            if manifest is not None and manifest.get("complete") and reason is None:
+                done = Prepared(path, _stored_tokenizer(path, given), manifest)
+                if show:
+                    tqdm.write(describe(done) + ": already prepared, up to date with its sources")
+                return done
+            if reason is not None and show:
+                tqdm.write(f"preparing {path} again: {reason}")
+            if reason is not None or manifest is None:
+                _clear(path)
+                (given or train_tokenizer(sample_texts(cfg))).save(str(path / "tokenizer.json"))
+                tok = _stored_tokenizer(path, None)  # hashed as every later reader sees it: read back from the file
+                manifest = {"version": VERSION, "tokenizer": tokenizer_hash(tok), "sources": sources, "sentences": sentences,
+                            "dtype": "uint16" if tok.get_vocab_size() <= 1 << 16 else "uint32", "splits": {},
+                            "complete": False}
+                _write_manifest(path, manifest)
+            tok = _stored_tokenizer(path, None)
+            total = sum(s.get("size", 0) for split in sources.values() for s in split)
+            started = time.perf_counter()
+            # MB/s and ETA on a terminal; nothing on a log file or pipe, where the summary line below says it all
             with tqdm(total=total or None, unit="B", unit_scale=True, desc="preparing", disable=None if show else True,
                       dynamic_ncols=True) as bar:
                 for split, split_sources in sources.items():
                     _write_split(path, split, split_sources, tok, manifest, cfg.data.text_column, bar)
-        except OSError as e:  # a full disk: the shards written so far are kept, the next prepare continues
-            raise DataError(f"could not write prepared data in {str(path)!r} ({e.strerror or e}): free disk space "
-                            "or set data.prepared_dir to a larger disk, then run again") from e
-        manifest["complete"] = True
-        _write_manifest(path, manifest)
-        seconds = time.perf_counter() - started
+            manifest["complete"] = True
+            _write_manifest(path, manifest)
+            seconds = time.perf_counter() - started
+    except OSError as e:  # a full disk, a read-only folder: the shards written so far are kept, the next prepare continues
+        raise DataError(f"could not write prepared data in {str(path)!r} ({e.strerror or e}): free disk space or give "
+                        f"{key} a writable folder on a larger disk, then run again") from e
     if show:
         tqdm.write(describe(Prepared(path, tok, manifest)) + f"; {total / 1e6:,.1f} MB tokenized in {seconds:.1f} s "
                    f"({total / 1e6 / max(seconds, 1e-9):.1f} MB/s)")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import datasets
 
 from minilm.config import Config
-from minilm.data.files import load_files, resolve_files
+from minilm.data.files import check_table_rows, load_files, resolve_files
 from minilm.errors import DataError
 
 
@@ -16,6 +16,7 @@ def load_table(patterns: list[str], what: str) -> datasets.Dataset:
         kw = dict(encoding="utf-8-sig", keep_default_na=False, na_filter=False)
         if files[0].lower().endswith(".tsv"):
             kw["quoting"] = 3  # csv.QUOTE_NONE
+        check_table_rows(files, what, quoted="quoting" not in kw)
         return load_files(files, **kw)
     return load_files(files)
 

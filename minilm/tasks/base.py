@@ -74,6 +74,15 @@ class Task:
         if not cfg.model.init_from:  # else the architecture comes from init_from: checked once it is loaded
             self.check_model(cfg, cfg.model)
 
+    def check_source(self, cfg: Config, source: Source) -> None:
+        """model.init_from's model is one this task can start from: said before anything about its sizes."""
+        try:
+            self.check_model(cfg, source.model)
+        except ConfigError as e:
+            raise ConfigError(f"model.init_from={cfg.model.init_from} holds a train.task={source.task} model "
+                              f"({str(e).split(':')[0]}): start train.task={self.name} from another run or folder, "
+                              f"or train train.task={source.task} from it") from e
+
     def check_model(self, cfg: Config, model: ModelConfig) -> None:
         """The model (known only once init_from is loaded, when it names one) can be trained for this task."""
         check_task(model, self.name, self.causal)  # the family has a model for it, and this one can be trained so

@@ -41,7 +41,12 @@ class RecurrentConfig(ModelConfig):
             raise ConfigError(f"classify.pooling=cls reads a [CLS] pooler, which a model.arch={self.arch} stack has not: "
                               "use classify.pooling=last, mean or max")
 
+    def decode_row_bytes(self, width: int = 0, attention: int = 0) -> int:
+        return super().decode_row_bytes(width=self.rnn_hidden)
+
     def describe(self) -> str:
         way = "bidirectional " if self.bidirectional else ""
         layers = f"{self.encoder_layers} + {self.n_layer}" if self.encoder_layers else f"{self.n_layer}"
-        return f"a recurrent {way}{self.arch.upper()} stack, {layers} layers x {self.rnn_hidden} wide"
+        # no position table: block_size is only the length of its training blocks
+        return (f"a recurrent {way}{self.arch.upper()} stack, {layers} layers x {self.rnn_hidden} wide, no position "
+                f"table (trained on {self.block_size}-token blocks)")

@@ -73,6 +73,9 @@ class TransformerConfig(ModelConfig):
     def default_pooling(self) -> str:
         return "last" if self.causal else "cls"
 
+    def decode_row_bytes(self, width: int = 0, attention: int = 0) -> int:
+        return super().decode_row_bytes(attention=self.n_head * self.block_size)  # the scores of a full window
+
     def describe(self) -> str:
         kind = "an encoder-decoder" if self.encoder_layers else "a GPT (causal)" if self.causal else \
             "a BERT (bidirectional)"
