@@ -33,11 +33,13 @@ def kernel():
         try:
             from torch.utils.cpp_extension import load
 
-            # -fopenmp: at::parallel_for's threads and the column loops' `omp simd`. GCC vectorizes those loops
-            # only with AVX2's blends (4x faster measured): used where torch found AVX2, under its own name, so
-            # a machine without it builds the plain loop instead of loading one it cannot run
+            # -fopenmp: at::parallel_for's threads and the column loops' `omp simd`. -fno-trapping-math: without
+            # it GCC 12 keeps exp_f's clamps (float compares, which may trap) as branches and vectorizes none of
+            # the column loops ("control flow in loop"); it changes no value. AVX2 (8 floats, blends): used where
+            # torch found it, under its own name, so a machine without it builds the plain loop instead of loading
+            # one it cannot run
             avx2 = torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512")
-            flags = ["-O3", "-fopenmp", *(["-mavx2", "-mfma"] if avx2 else [])]
+            flags = ["-O3", "-fopenmp", "-fno-trapping-math", *(["-mavx2", "-mfma"] if avx2 else [])]
             _kernel = load("minilm_sru_avx2" if avx2 else "minilm_sru", [str(Path(__file__).with_name("sru_kernel.cpp"))],
                            extra_cflags=flags, extra_ldflags=["-fopenmp"], verbose=False)
         except Exception as e:  # no compiler, no ninja, a failed build: the pure-torch path computes the same
