@@ -449,9 +449,19 @@ def config_from_dict(raw: dict) -> Config:
 def upgrade_saved(raw: dict) -> dict:
     """A run's config.json as this version reads it. Those written before model families had their own settings
     hold every field of every family, and the classifier's and training settings that have since moved: each
-    goes where it lives now, and the fields of other families (ignored by the model then) are dropped."""
+    goes where it lives now, and the fields of other families (ignored by the model then) are dropped. One
+    written when model.arch=sru was the 2018 unit (no model.sru_version then) says so."""
+    raw = _flat_layout(raw)
     model = raw.get("model")
-    if not isinstance(model, dict) or "num_labels" not in model:  # written by this version
+    if isinstance(model, dict) and model.get("arch") == "sru" and "sru_version" not in model:
+        raw = {**raw, "model": {**model, "sru_version": 2018}}  # every run written since names its version
+    return raw
+
+
+def _flat_layout(raw: dict) -> dict:
+    """A config.json written before model families had their own settings, in today's sections."""
+    model = raw.get("model")
+    if not isinstance(model, dict) or "num_labels" not in model:  # written by a later version
         return raw
     model, out = dict(model), {k: dict(v) if isinstance(v, dict) else v for k, v in raw.items()}
     classify, train = out.setdefault("classify", {}), out.setdefault("train", {})
@@ -511,7 +521,8 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:
         raise ConfigError(f"{str(path)!r} is the config of a Hugging Face {raw['model_type']} model, not a minilm "
                           f"config: train from it with a YAML config (see configs/) and model.init_from="
                           f"{Path(path).parent}")
-    raw = upgrade_saved(raw)  # a run's config.json written by an earlier version (the documented resume command)
+    if Path(path or "").suffix == ".json":  # a run's config.json (the documented resume command); configs are YAML
+        raw = upgrade_saved(raw)
     given = parse_overrides(list(overrides))
     # train.epochs sets max_steps; a max_steps given on the command line means this many steps, so it wins
     # over the file's epochs (a 30-step try of a fine-tuning config stays 30 steps)

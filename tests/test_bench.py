@@ -51,3 +51,12 @@ def test_training_flops_agree_with_torch_flop_counter(lengths) -> None:
     real = torch.tensor(lengths)
     assert training_flops(cfg, 0, real).item() == counted[torch.ops.aten.bmm]  # attention alone: exact
     assert training_flops(cfg, count_params(model), real).item() == pytest.approx(counter.get_total_flops(), rel=0.06)
+
+
+def test_the_recurrent_bench_times_every_layer(capsys) -> None:
+    from bench.recurrent import main as recurrent
+
+    assert recurrent(["--shapes", "2x3x8", "--repeats", "1", "--warmup", "0", "--threads", "1"]) == 0
+    rows = [line.split("|")[1].strip() for line in capsys.readouterr().out.splitlines() if line.startswith("| ")]
+    assert {"SRU (2017), pure torch", "SRU (2018)", "LSTM (torch)", "GRU (torch)",
+            "simple LSTM (LSTMCell loop)"} <= set(rows)

@@ -13,7 +13,7 @@ from minilm.models.recurrent.config import RecurrentConfig
 from minilm.errors import CheckpointError, ConfigError
 from minilm.generate import beam_search, generate
 from minilm.models.recurrent.heads import RecurrentLM
-from minilm.models.recurrent.model import SRU, RecurrentStack
+from minilm.models.recurrent.model import RecurrentStack
 from minilm.tokenizer import train_char
 from minilm.train import train
 
@@ -79,25 +79,6 @@ def test_torch_cells_match_their_equations_and_torch_layout(arch, ref):
         ours, _ = stack(ids)
         theirs, _ = deep(stack.tok_emb(ids))
     assert torch.allclose(ours, theirs, atol=1e-6)
-
-
-def test_sru_matches_its_equations():
-    torch.manual_seed(0)
-    for n_in in (6, 8):  # the highway term reads x directly, or through a projection when the widths differ
-        cell = SRU(n_in, 6)
-        x = torch.randn(5, 2, n_in)  # (T, B, n_in)
-        with torch.no_grad():
-            h, c_last = cell(x, None, torch.ones(5, 2, 1))
-            u = cell.weight(x)
-            parts = u.split(6, -1)
-            c, want = torch.zeros(2, 6), []
-            for t in range(5):
-                f = torch.sigmoid(parts[1][t] + cell.v[0] * c)
-                r = torch.sigmoid(parts[2][t] + cell.v[1] * c)
-                c = f * c + (1 - f) * parts[0][t]
-                highway = parts[3][t] if n_in != 6 else x[t]
-                want.append(r * c + (1 - r) * highway)
-        assert torch.allclose(h, torch.stack(want), atol=1e-6) and torch.allclose(c_last, c, atol=1e-6)
 
 
 @pytest.mark.parametrize("arch", ARCHS)

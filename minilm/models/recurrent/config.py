@@ -9,6 +9,7 @@ from minilm.config import Config, ModelConfig, check_field
 from minilm.errors import ConfigError
 
 ARCHS = ("rnn", "lstm", "gru", "sru")
+SRU_VERSIONS = (2017, 2018)
 
 
 @dataclass
@@ -25,6 +26,10 @@ class RecurrentConfig(ModelConfig):
     # an encoder-decoder's attention score between a decoder state and the encoder states: "dot" (Luong's general
     # score, h W e) or "additive" (Bahdanau's, v . tanh(W h + U e))
     attention: str = "dot"
+    # model.arch=sru: 2017, the lecture's unit (Lei et al., "Training RNNs as Fast as CNNs"; gates from x_t only,
+    # so the recurrence is linear and the loop compiled), or 2018 (gates also read the state, a step-by-step
+    # loop). A run's config.json without this field was written when sru meant the 2018 unit, and reads as 2018.
+    sru_version: int = 2017
 
     @property
     def rnn_hidden(self) -> int:
@@ -35,6 +40,7 @@ class RecurrentConfig(ModelConfig):
         check_field(self.arch in ARCHS, "model.arch", ", ".join(map(repr, ARCHS)), self.arch)
         check_field(self.hidden_size >= 0, "model.hidden_size", "0 (n_embd) or a positive integer", self.hidden_size)
         check_field(self.attention in ("dot", "additive"), "model.attention", "'dot' or 'additive'", self.attention)
+        check_field(self.sru_version in SRU_VERSIONS, "model.sru_version", "2017 or 2018", self.sru_version)
 
     def check(self, cfg: Config) -> None:
         if cfg.classify.pooling == "cls":
@@ -47,6 +53,7 @@ class RecurrentConfig(ModelConfig):
     def describe(self) -> str:
         way = "bidirectional " if self.bidirectional else ""
         layers = f"{self.encoder_layers} + {self.n_layer}" if self.encoder_layers else f"{self.n_layer}"
+        cell = f"SRU ({self.sru_version})" if self.arch == "sru" else self.arch.upper()
         # no position table: block_size is only the length of its training blocks
-        return (f"a recurrent {way}{self.arch.upper()} stack, {layers} layers x {self.rnn_hidden} wide, no position "
-                f"table (trained on {self.block_size}-token blocks)")
+        return (f"a recurrent {way}{cell} stack, {layers} layers x {self.rnn_hidden} wide, no position table "
+                f"(trained on {self.block_size}-token blocks)")

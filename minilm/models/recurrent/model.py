@@ -2,7 +2,7 @@
 
 The recurrent family's stack (model.arch): Elman RNN (tanh), LSTM and GRU on torch's own
 modules, one layer per module so that dropout and residuals sit between layers as configured, and SRU
-(Lei et al. 2018) written here. Read bottom-up: the SRU recurrence, the SRU layer, one layer of any kind,
+(sru.py: the 2017 unit, or the 2018 one with model.sru_version=2018). Read bottom-up: one layer of any kind,
 the stack. Padding is handled exactly: torch's modules read packed sequences, SRU carries its state through
 padded steps, so a padded row gives what the row alone gives, in both directions.
 """
@@ -14,6 +14,7 @@ import torch.nn as nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from minilm.models.recurrent.config import RecurrentConfig
+from minilm.models.recurrent.sru import SRU, SRU2018
 
 
 class RecurrentState:
@@ -58,62 +59,18 @@ class RecurrentState:
         return cls([tuple(p) if len(p) > 1 else p[0] for p in parts])
 
 
-def sru_recurrence(x_tilde: torch.Tensor, f_in: torch.Tensor, r_in: torch.Tensor, highway: torch.Tensor,
-                   v_f: torch.Tensor, v_r: torch.Tensor, c: torch.Tensor, keep: torch.Tensor):
-    """The element-wise part of SRU over time: inputs (T, B, H) each (the projections of all steps, computed
-    before), c (B, H) the state before the first step, keep (T, B, 1): 0 at padding, where the state stays.
-    Returns h (T, B, H) and the last state (B, H). A plain loop: torch.compile of the whole loop measured
-    fastest (bench/recurrent.py) but compiles anew for every sequence length, so it comes only with
-    train.compile=true; TorchScript (deprecated) gained less."""
-    hs = []
-    for t in range(x_tilde.size(0)):
-        f = torch.sigmoid(f_in[t] + v_f * c)
-        r = torch.sigmoid(r_in[t] + v_r * c)
-        new = f * c + (1 - f) * x_tilde[t]
-        c = torch.where(keep[t] > 0, new, c)
-        hs.append(r * c + (1 - r) * highway[t])
-    return torch.stack(hs), c
-
-
-class SRU(nn.Module):
-    """One direction of a Simple Recurrent Unit layer:
-
-        x~_t = W x_t,  f_t = sigmoid(W_f x_t + v_f * c_{t-1} + b_f),  r_t = sigmoid(W_r x_t + v_r * c_{t-1} + b_r)
-        c_t = f_t * c_{t-1} + (1 - f_t) * x~_t,  h_t = r_t * c_t + (1 - r_t) * x_t
-
-    W, W_f, W_r (and, when the input is not as wide as the state, a projection of x for the highway term) are
-    one matrix product over all time steps; only the element-wise recurrence runs step by step.
-    """
-
-    def __init__(self, n_in: int, hidden: int):
-        super().__init__()
-        self.hidden = hidden
-        self.project = n_in != hidden  # the highway term needs x at the state's width
-        self.weight = nn.Linear(n_in, (4 if self.project else 3) * hidden)
-        self.v = nn.Parameter(torch.zeros(2, hidden))  # v_f, v_r
-        nn.init.uniform_(self.v, -0.5, 0.5)
-
-    def forward(self, x: torch.Tensor, c: torch.Tensor | None, keep: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """x (T, B, n_in), c (B, H) or None, keep (T, B, 1) -> h (T, B, H), last state (B, H)."""
-        u = self.weight(x)  # (T, B, 3H or 4H): every step's projections in one matmul
-        parts = u.chunk(4 if self.project else 3, dim=-1)
-        highway = parts[3] if self.project else x
-        if c is None:
-            c = x.new_zeros(x.size(1), self.hidden)
-        return sru_recurrence(parts[0], parts[1], parts[2], highway, self.v[0], self.v[1], c, keep)
-
-
 _TORCH = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}
 
 
 class RecurrentLayer(nn.Module):
     """One layer of model.arch, one or two directions: (B, T, n_in) -> (B, T, dirs * H)."""
 
-    def __init__(self, arch: str, n_in: int, hidden: int, bidirectional: bool):
+    def __init__(self, arch: str, n_in: int, hidden: int, bidirectional: bool, sru_version: int = 2017):
         super().__init__()
         self.arch, self.dirs = arch, 2 if bidirectional else 1
         if arch == "sru":
-            self.cells = nn.ModuleList(SRU(n_in, hidden) for _ in range(self.dirs))
+            unit = SRU if sru_version == 2017 else SRU2018
+            self.cells = nn.ModuleList(unit(n_in, hidden) for _ in range(self.dirs))
         else:
             kw = {"nonlinearity": "tanh"} if arch == "rnn" else {}
             self.rnn = _TORCH[arch](n_in, hidden, batch_first=True, bidirectional=bidirectional, **kw)
@@ -131,7 +88,7 @@ class RecurrentLayer(nn.Module):
     def _sru(self, x: torch.Tensor, lengths: torch.Tensor | None, state) -> tuple[torch.Tensor, torch.Tensor]:
         B, T, _ = x.shape
         if lengths is None:
-            keep = x.new_ones(T, B, 1)
+            keep = None
         else:
             keep = (torch.arange(T, device=x.device)[:, None] < lengths.to(x.device)[None]).to(x.dtype)[..., None]
         xt = x.transpose(0, 1)  # (T, B, n_in): time first for the recurrence
@@ -140,9 +97,10 @@ class RecurrentLayer(nn.Module):
             if d == 0:
                 h, c = cell(xt, state[0] if state is not None else None, keep)
             else:  # backward: padding comes first once reversed, and the state carries through it unchanged
-                h, c = cell(xt.flip(0), state[1] if state is not None else None, keep.flip(0))
+                h, c = cell(xt.flip(0), state[1] if state is not None else None,
+                            keep.flip(0) if keep is not None else None)
                 h = h.flip(0)
-            outs.append(h * keep)
+            outs.append(h * keep if keep is not None else h)
             last.append(c)
         return torch.cat(outs, -1).transpose(0, 1), torch.stack(last)  # (B, T, dirs * H), (dirs, B, H)
 
@@ -159,8 +117,8 @@ class RecurrentStack(nn.Module):
         # token_table=False: the caller passes its own table to forward (an encoder sharing the decoder's)
         self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.n_embd) if token_table else None
         self.drop = nn.Dropout(cfg.dropout)
-        self.layers = nn.ModuleList(RecurrentLayer(cfg.arch, cfg.n_embd if i == 0 else dirs * H, H, cfg.bidirectional)
-                                    for i in range(cfg.n_layer))
+        self.layers = nn.ModuleList(RecurrentLayer(cfg.arch, cfg.n_embd if i == 0 else dirs * H, H, cfg.bidirectional,
+                                                   cfg.sru_version) for i in range(cfg.n_layer))
         if self.tok_emb is not None:
             nn.init.normal_(self.tok_emb.weight, std=0.02)
 
