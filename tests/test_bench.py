@@ -60,3 +60,24 @@ def test_the_recurrent_bench_times_every_layer(capsys) -> None:
     rows = [line.split("|")[1].strip() for line in capsys.readouterr().out.splitlines() if line.startswith("| ")]
     assert {"SRU (2017), pure torch", "SRU (2018)", "LSTM (torch)", "GRU (torch)",
             "simple LSTM (LSTMCell loop)"} <= set(rows)
+
+
+def test_sampling_bench_times_each_run_at_each_batch(trained_run, capsys) -> None:
+    from bench import sampling
+
+    sampling.main([str(trained_run.run_dir), "--new-tokens", "4", "--batches", "1", "2", "--repeats", "1"])
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith(f"| {trained_run.run_dir}")]
+    assert len(rows) == 1 and "GPT" in rows[0]
+    assert all(float(cell.replace(",", "")) > 0 for cell in rows[0].split("|")[4:6])
+
+
+def test_equal_time_bench_sizes_the_run_from_its_probe(shakespeare_file, tmp_path, capsys) -> None:
+    from bench import equal_time
+    from conftest import TINY_YAML, read_metrics
+
+    tiny = f"{TINY_YAML}:data.train_files=[{shakespeare_file}],model.n_layer=1,model.n_embd=32,model.block_size=16"
+    equal_time.main([tiny, "--seconds", "0.5", "--out", str(tmp_path)])
+    row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith(f"| {TINY_YAML}"))
+    rate, steps = float(row.split("|")[2]), int(row.split("|")[3].replace(",", ""))
+    assert steps == max(int(rate * 0.5), 60)  # the probe's steps/s x the budget, at least the probe's own
+    assert [r["step"] for r in read_metrics(tmp_path / "0-run") if r["split"] == "val"] == [steps]
