@@ -42,7 +42,8 @@ def export_hf(run_dir: Path, out_dir: Path) -> None:
     family = family_of(cfg)
     if family.hf_export is None:
         raise CheckpointError(f"a {family.name} run (model.arch={cfg.arch}) has no transformers layout to export to: "
-                              f"its weights are {MODEL_FILE} (safetensors) in {str(run_dir)!r}, read by `minilm` itself")
+                              f"its weights are {MODEL_FILE} (safetensors) in {str(run_dir)!r}, read by `minilm` "
+                              "itself")
     layout = family.hf_export(full)
     layout.check(full)
     _check_out_dir(out_dir)

@@ -19,8 +19,8 @@ from minilm.models.outputs import HeadConfig
 
 FAMILIES: dict[str, Family] = {}
 
-__all__ = ["FAMILIES", "Decoder", "Family", "HFExport", "HFImport", "HeadConfig", "build_model", "check_task", "count_params",
-           "decoder", "family_of", "register", "task_model"]
+__all__ = ["FAMILIES", "Decoder", "Family", "HFExport", "HFImport", "HeadConfig", "build_model", "check_task",
+           "count_params", "decoder", "family_of", "register", "task_model"]
 
 
 def register(family: Family) -> None:

@@ -44,8 +44,8 @@ class RecurrentConfig(ModelConfig):
 
     def check(self, cfg: Config) -> None:
         if cfg.classify.pooling == "cls":
-            raise ConfigError(f"classify.pooling=cls reads a [CLS] pooler, which a model.arch={self.arch} stack has not: "
-                              "use classify.pooling=last, mean or max")
+            raise ConfigError(f"classify.pooling=cls reads a [CLS] pooler, which a model.arch={self.arch} stack has "
+                              "not: use classify.pooling=last, mean or max")
 
     def decode_row_bytes(self, width: int = 0, attention: int = 0) -> int:
         return super().decode_row_bytes(width=self.rnn_hidden)

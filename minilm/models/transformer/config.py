@@ -62,7 +62,8 @@ class TransformerConfig(ModelConfig):
             raise ConfigError(f"tokenizer.kind={cfg.tokenizer.kind!r} cannot build BERT inputs ([CLS], [SEP], [MASK]): "
                               "set tokenizer.kind=wordpiece for a bidirectional model")
         if self.causal and self.type_vocab_size:
-            raise ConfigError("model.type_vocab_size is for bidirectional (BERT) models: set it to 0 or model.causal=false")
+            raise ConfigError("model.type_vocab_size is for bidirectional (BERT) models: set it to 0 or "
+                              "model.causal=false")
         if cfg.classify.pooling == "cls" and self.causal:
             raise ConfigError("classify.pooling=cls reads the first token, which a causal (GPT) model cannot let see "
                               "the others: use classify.pooling=last or mean")

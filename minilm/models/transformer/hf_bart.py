@@ -119,11 +119,12 @@ def _config(raw: dict[str, Any], where: Path) -> TransformerConfig:
     try:  # defaults are BartConfig's
         d, ffn = int(raw.get("d_model", 1024)), int(raw.get("encoder_ffn_dim", 4096))
         cfg = TransformerConfig(vocab_size=int(raw.get("vocab_size", 50265)),
-                          block_size=int(raw.get("max_position_embeddings", 1024)),
-                          n_layer=int(raw.get("decoder_layers", 12)), encoder_layers=int(raw.get("encoder_layers", 12)),
-                          n_head=int(raw.get("encoder_attention_heads", 16)), n_embd=d,
-                          d_ff=0 if ffn == 4 * d else ffn, dropout=float(raw.get("dropout", 0.1)), norm="post",
-                          norm_eps=_EPS, embedding_norm=True, activation=act, causal=True)
+                                block_size=int(raw.get("max_position_embeddings", 1024)),
+                                n_layer=int(raw.get("decoder_layers", 12)),
+                                encoder_layers=int(raw.get("encoder_layers", 12)),
+                                n_head=int(raw.get("encoder_attention_heads", 16)), n_embd=d,
+                                d_ff=0 if ffn == 4 * d else ffn, dropout=float(raw.get("dropout", 0.1)), norm="post",
+                                norm_eps=_EPS, embedding_norm=True, activation=act, causal=True)
         cfg.validate()
     except (ConfigError, TypeError, ValueError) as e:
         raise CheckpointError(f"{str(where / CONFIG_FILE)!r} describes no valid BART model ({e}): restore it") from e

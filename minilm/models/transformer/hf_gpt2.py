@@ -86,11 +86,12 @@ def _config(raw: dict[str, Any], where: Path) -> TransformerConfig:
                           "add_cross_attention": False, "tie_word_embeddings": True}, "GPT-2", where)
     try:  # defaults are GPT2Config's: files saved by transformers may leave them out
         n_embd, n_inner = int(raw.get("n_embd", 768)), int(raw.get("n_inner") or 0)
-        cfg = TransformerConfig(vocab_size=int(raw.get("vocab_size", 50257)), block_size=int(raw.get("n_positions", 1024)),
-                          n_layer=int(raw.get("n_layer", 12)), n_head=int(raw.get("n_head", 12)),
-                          n_embd=n_embd, d_ff=0 if n_inner == 4 * n_embd else n_inner,  # 0 means 4 * n_embd
-                          dropout=float(raw.get("resid_pdrop", 0.1)),
-                          norm_eps=float(raw.get("layer_norm_epsilon", 1e-5)), activation=act)
+        cfg = TransformerConfig(vocab_size=int(raw.get("vocab_size", 50257)),
+                                block_size=int(raw.get("n_positions", 1024)),
+                                n_layer=int(raw.get("n_layer", 12)), n_head=int(raw.get("n_head", 12)),
+                                n_embd=n_embd, d_ff=0 if n_inner == 4 * n_embd else n_inner,  # 0 means 4 * n_embd
+                                dropout=float(raw.get("resid_pdrop", 0.1)),
+                                norm_eps=float(raw.get("layer_norm_epsilon", 1e-5)), activation=act)
         cfg.validate()
     except (ConfigError, TypeError, ValueError) as e:
         raise CheckpointError(f"{str(where / CONFIG_FILE)!r} describes no valid GPT-2 model ({e}): restore it") from e
