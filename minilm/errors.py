@@ -17,6 +17,10 @@ class CheckpointError(MinilmError):
     pass
 
 
+class UsageError(MinilmError):
+    """A command-line argument that means nothing (or does not apply) for this command or run."""
+
+
 class Stopped(MinilmError):
     """Training stopped on a signal (Ctrl-C, SIGTERM) after saving a checkpoint; `code` is the exit status."""
 

@@ -427,12 +427,12 @@ def test_tokenizer_training_bounds_words_and_stops_on_ctrl_c():
 
 
 def test_decoding_rows_are_bounded_by_memory(monkeypatch):
-    from minilm import cli
+    from minilm import decoding_args
     from minilm.errors import MinilmError
 
     cfg = config_from_dict({"model": {"n_layer": 2, "n_head": 2, "n_embd": 64, "block_size": 128, "vocab_size": 50257},
                             "data": {"train_files": ["x.txt"]}})
-    monkeypatch.setattr(cli, "_free_bytes", lambda device: 2**30)  # 1 GiB free
-    cli._check_rows("--beams", 4, cfg, "cpu")
+    monkeypatch.setattr(decoding_args, "free_bytes", lambda device: 2**30)  # 1 GiB free
+    decoding_args.check_rows("--beams", 4, cfg, "cpu")
     with pytest.raises(MinilmError, match=r"--beams 40000 needs about .* GiB .* give at most \d+"):
-        cli._check_rows("--beams", 40000, cfg, "cpu")
+        decoding_args.check_rows("--beams", 40000, cfg, "cpu")
