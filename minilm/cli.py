@@ -85,7 +85,8 @@ def datasets_quiet() -> None:
 
 
 # the command that serves each task's runs
-_SERVES = {"causal_lm": "sample", "masked_lm": "fill-mask", "classify": "classify", "seq2seq": "translate"}
+_SERVES = {"causal_lm": "sample", "masked_lm": "fill-mask", "classify": "classify", "seq2seq": "translate",
+           "tag": "tag"}
 
 
 def _load(run_dir: str, device: str, task: str, what: str, fix: str = ""):
@@ -108,7 +109,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     from minilm.data.seq2seq import References, end_id
     from minilm.evaluation import decoded_metrics, evaluate
-    from minilm.metrics import format_confusion
+    from minilm.metrics import format_labels
     from minilm.run import load_run
     from minilm.tasks import get_task
 
@@ -130,7 +131,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     check_rows("--batch-size", max(1, min(args.batch_size, len(examples))), cfg, args.device)
     loader = torch.utils.data.DataLoader(examples, batch_size=args.batch_size, collate_fn=collate)
     accelerator = Accelerator(cpu=args.device == "cpu")
-    result = evaluate(model, loader, accelerator, perplexity=task.perplexity)
+    result = evaluate(model, loader, accelerator, perplexity=task.perplexity, spans=task.spans(cfg))
     if task.encoder_decoder:  # scored on what it decodes, against all the targets of each source
         refs = References.of(examples, end_id(tok))
         beams = args.beams or 1
@@ -143,7 +144,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     for k, v in result.metrics.items():
         print(f"{k.removeprefix('val_'):>10}: {v:.4f}")
     if result.confusion is not None:
-        print(format_confusion(result.confusion, cfg.classify.labels))
+        print(format_labels(result.confusion, task.labels(cfg)))
     return 0
 
 
@@ -185,6 +186,29 @@ def cmd_classify(args: argparse.Namespace) -> int:
         best = int(p.argmax())
         shown = "  ".join(f"{name} {float(q):.3f}" for name, q in zip(cfg.classify.labels, p))
         print(f"{cfg.classify.labels[best]}\t{shown}\t{text}")
+    return 0
+
+
+def cmd_tag(args: argparse.Namespace) -> int:
+    from minilm.tasks.tag import tag_words
+
+    cfg, model, tok = _load(args.run_dir, args.device, "tag", "a tagger")
+    # one sentence per line (words separated by spaces); every line gets its line of output, so the two align
+    lines = [args.text] if args.text is not None else [line.rstrip("\r\n") for line in sys.stdin]
+    sentences = [line.split() for line in lines if line.strip()]
+    if not sentences:
+        raise UsageError("no text to tag: pass TEXT or sentences on standard input, one per line")
+    found = iter(zip(sentences, tag_words(model, cfg, tok, sentences, args.device)))
+    for line in lines:
+        if not line.strip():
+            if not args.columns:  # columns already end each sentence with a blank line
+                print(flush=True)
+            continue
+        words, labels = next(found)
+        if args.columns:  # word<TAB>label lines, a blank line after the sentence: the format tagging files use
+            print("\n".join(f"{w}\t{t}" for w, t in zip(words, labels)) + "\n", flush=True)
+        else:
+            print(" ".join(f"{w}/{t}" for w, t in zip(words, labels)), flush=True)
     return 0
 
 
@@ -410,6 +434,15 @@ def _add_run_commands(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--pair", default=None, help="the second text of a sentence pair")
     c.add_argument("--device", default="cpu")
     c.set_defaults(func=cmd_classify)
+
+    t = sub.add_parser("tag", help="label every word of a sentence (or of each line of standard input) with a "
+                                   "tagger run")
+    t.add_argument("run_dir")
+    t.add_argument("text", nargs="?", default=None, help='words separated by spaces, e.g. "the old man the boats"')
+    t.add_argument("--columns", action="store_true", help="print word<TAB>label lines, a blank line after each "
+                                                          "sentence (instead of word/label pairs)")
+    t.add_argument("--device", default="cpu")
+    t.set_defaults(func=cmd_tag)
 
     _add_decoding_commands(sub)
 

@@ -214,12 +214,38 @@ class Seq2SeqConfig:
 
 
 @dataclass
+class TagConfig:
+    """Sequence labelling (train.task=tag): a label for every word. The data are CoNLL-U files (.conllu), JSON(L) rows
+    with a list of words and a list of labels, or columns of `word<TAB>label` (any other extension; the label is the
+    last column, a blank line ends a sentence)."""
+
+    column: str = "upos"  # CoNLL-U: the column the labels come from (upos, xpos, deprel, feats or lemma)
+    tokens_column: str = "tokens"  # JSON(L): the list of words of a row
+    tags_column: str = "tags"  # JSON(L): the list of labels of a row, one per word
+    labels: list[str] = field(default_factory=list)  # label names in id order; filled from the training data
+    # span (chunk, entity) precision/recall/F1 as conlleval counts them, for B-/I-/E-/S- label schemes;
+    # None: when every label is O or of that form
+    spans: bool | None = None
+    dropout: float = 0.1  # before the tagger's linear layer
+
+    def validate(self) -> None:
+        check_field(0.0 <= self.dropout < 1.0, "tag.dropout", "a number in [0, 1)", self.dropout)
+        check_field(self.column in CONLLU_COLUMNS, "tag.column", ", ".join(map(repr, CONLLU_COLUMNS)), self.column)
+        check_field(bool(self.tokens_column) and bool(self.tags_column), "tag.tokens_column/tags_column",
+                    "column names", (self.tokens_column, self.tags_column))
+
+
+# CoNLL-U's columns that can label a word -> their index (ID, FORM, LEMMA, UPOS, XPOS, FEATS, HEAD, DEPREL, DEPS, MISC)
+CONLLU_COLUMNS = {"upos": 3, "xpos": 4, "deprel": 7, "feats": 5, "lemma": 2}
+
+
+@dataclass
 class TrainConfig:
     out_dir: str = "runs/default"
     # what is trained, a name from the registry in minilm/tasks: "causal_lm" (GPT), "masked_lm" (BERT
     # pretraining) or "classify" (fine-tuning). Unset (or "pretrain", its older name): the model's own
     # pretraining task, causal_lm or masked_lm by model.causal; "seq2seq" trains an encoder-decoder
-    # (model.encoder_layers > 0) on source/target pairs. A loaded config always names its task.
+    # (model.encoder_layers > 0) on source/target pairs; "tag" labels every word. A loaded config always names its task.
     task: str | None = None
     epochs: int = 0  # > 0: train this many passes over the data (sets max_steps) and evaluate after each
     seed: int = 1337
@@ -295,6 +321,7 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     classify: ClassifyConfig = field(default_factory=ClassifyConfig)
     seq2seq: Seq2SeqConfig = field(default_factory=Seq2SeqConfig)
+    tag: TagConfig = field(default_factory=TagConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     log: LogConfig = field(default_factory=LogConfig)
 

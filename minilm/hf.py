@@ -49,7 +49,7 @@ def export_hf(run_dir: Path, out_dir: Path) -> None:
     _check_out_dir(out_dir)
     _, model, tok = load_run(run_dir)
     config, tensors = layout.build(full, model, tok)
-    labels = full.classify.labels if full.train.task == "classify" else []
+    labels = {"classify": full.classify.labels, "tag": full.tag.labels}.get(full.train.task, [])
     if labels:  # label names in id order, as transformers' pipelines show them
         config.update(num_labels=len(labels), id2label={str(i): name for i, name in enumerate(labels)},
                       label2id={name: i for i, name in enumerate(labels)})

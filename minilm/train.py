@@ -29,7 +29,7 @@ from minilm.data.lm import ContiguousLanes
 from minilm.data.seq2seq import References
 from minilm.evaluation import Evaluation, decoded_metrics, evaluate
 from minilm.hf import load_pretrained
-from minilm.metrics import format_confusion
+from minilm.metrics import format_labels
 from minilm.models import build_model, count_params, family_of
 from minilm.models.outputs import CarriedState
 from minilm.optim import lr_at, make_optimizer, skip_step_if
@@ -380,7 +380,8 @@ def evaluate_and_save(session: Session) -> tuple[Evaluation, bool]:
     if last and limits:
         tqdm_write(acc, f"final evaluation: scoring the whole validation set ({' and '.join(limits)} only "
                         f"limit{'s' if len(limits) == 1 else ''} the evaluations before it)")
-    ev = evaluate(session.model, session.val_loader, acc, 0 if last else tc.eval_batches, session.task.perplexity)
+    ev = evaluate(session.model, session.val_loader, acc, 0 if last else tc.eval_batches, session.task.perplexity,
+                  session.task.spans(session.cfg))
     limit = 0 if last else session.cfg.seq2seq.decode_examples
     if references is not None and (last or limit):  # what the model decodes, greedily: all sources at the end
         ev.metrics.update(decoded_metrics(session.model, references, acc, limit))
@@ -434,8 +435,8 @@ def finish(session: Session, evaluation: Evaluation | None) -> dict[str, float]:
     if acc.is_main_process:
         plot_losses(session.run.metrics.read(), session.run.path / "loss.png")
         if evaluation is not None and evaluation.confusion is not None:
-            tqdm_write(acc, "confusion matrix (last evaluation):\n"
-                       + format_confusion(evaluation.confusion, session.cfg.classify.labels))
+            tqdm_write(acc, "the last evaluation, by label:\n"
+                       + format_labels(evaluation.confusion, session.task.labels(session.cfg)))
     acc.print(f"done: {session.progress.step} steps | peak memory {peak_memory_mb():,.0f} MiB | "
               f"run directory {session.run.path}")
     acc.end_training()

@@ -21,16 +21,17 @@ BUILDERS = {
 }
 
 
-def resolve_files(patterns: list[str], what: str = "data.train_files") -> list[str]:
-    """Expand files, folders (recursively, known extensions only) and globs into a sorted file list."""
+def resolve_files(patterns: list[str], what: str = "data.train_files", formats: dict[str, str] = BUILDERS) -> list[str]:
+    """Expand files, folders (recursively, the extensions `formats` knows) and globs into a sorted file list, all of
+    one format."""
     files: list[str] = []
     for pattern in patterns:
         p = Path(pattern).expanduser()
         if p.is_dir():
-            found = sorted(str(f) for f in p.rglob("*") if f.is_file() and f.suffix.lower() in BUILDERS)
+            found = sorted(str(f) for f in p.rglob("*") if f.is_file() and f.suffix.lower() in formats)
             if not found:
                 raise DataError(
-                    f"{what}: folder {pattern!r} has no {'/'.join(sorted(BUILDERS))} files: point it at your data"
+                    f"{what}: folder {pattern!r} has no {'/'.join(sorted(formats))} files: point it at your data"
                 )
             files += found
         elif p.is_file():
@@ -42,10 +43,10 @@ def resolve_files(patterns: list[str], what: str = "data.train_files") -> list[s
             files += found
         else:
             raise DataError(f"{what}: {pattern!r} does not exist: check the path")
-    builders = {BUILDERS.get(Path(f).suffix.lower()) for f in files}
+    builders = {formats.get(Path(f).suffix.lower()) for f in files}
     if None in builders:
-        bad = next(f for f in files if Path(f).suffix.lower() not in BUILDERS)
-        raise DataError(f"{what}: {bad!r} has an unknown extension; use one of {', '.join(sorted(BUILDERS))}")
+        bad = next(f for f in files if Path(f).suffix.lower() not in formats)
+        raise DataError(f"{what}: {bad!r} has an unknown extension; use one of {', '.join(sorted(formats))}")
     if len(builders) > 1:
         raise DataError(f"{what}: mixes formats ({', '.join(sorted(builders))}): give files of one format")
     for f in files:

@@ -48,13 +48,15 @@ class TaskOutput:
 class HeadConfig:
     """What a task model's head takes from the task's sections of the config rather than the model's."""
 
-    num_labels: int = 0  # classifiers: the number of labels
+    num_labels: int = 0  # classifiers and taggers: the number of labels
     pooling: str | None = None  # classifiers: what the head reads (classify.pooling); None: the model's default
     classifier_dropout: float = 0.1
     label_smoothing: float = 0.0  # the LM and seq2seq training loss
 
     @classmethod
     def of(cls, cfg: Config) -> HeadConfig:
+        if cfg.train.task == "tag":  # a label per word: the tagging section's labels and dropout
+            return cls(len(cfg.tag.labels), None, cfg.tag.dropout, cfg.train.label_smoothing)
         return cls(len(cfg.classify.labels), cfg.classify.pooling, cfg.classify.dropout, cfg.train.label_smoothing)
 
 
@@ -85,6 +87,17 @@ def classification_output(logits: torch.Tensor, labels: torch.Tensor | None, tra
     if not training:
         out.metrics["loss"] = Sums(per_example, torch.ones_like(per_example))
         out.predictions = (logits.argmax(-1), labels)
+    return out
+
+
+def token_classification_output(logits: torch.Tensor, labels: torch.Tensor | None, training: bool) -> TaskOutput:
+    """A label per token (B, T, labels): cross-entropy over the labelled tokens (IGNORE elsewhere), as lm_loss
+    computes it; for evaluation also the predictions at every position."""
+    if labels is None:
+        return TaskOutput(logits)
+    out = lm_loss(logits, labels, 0.0, training)
+    if not training:
+        out.predictions = (logits.argmax(-1), labels)  # (B, T) each
     return out
 
 

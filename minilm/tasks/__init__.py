@@ -6,6 +6,7 @@ section's family registers under the task's name (minilm/models).
     masked_lm   BERT pretraining: NSP sentence pairs (or packed blocks), dynamic masking
     classify    a classifier over any family's stack, on labelled tables
     seq2seq     an encoder-decoder on source/target pairs, scored on what it decodes
+    tag         a label for every word (parts of speech, chunks, entities), on CoNLL-U, JSON(L) or column files
 """
 
 from __future__ import annotations
@@ -14,10 +15,10 @@ from tokenizers import Tokenizer
 
 from minilm.config import Config
 from minilm.errors import ConfigError
-from minilm.tasks import causal_lm, classify, masked_lm, seq2seq
+from minilm.tasks import causal_lm, classify, masked_lm, seq2seq, tag
 from minilm.tasks.base import Source, Task, TaskData
 
-TASKS: dict[str, Task] = {t.TASK.name: t.TASK for t in (causal_lm, masked_lm, classify, seq2seq)}
+TASKS: dict[str, Task] = {t.TASK.name: t.TASK for t in (causal_lm, masked_lm, classify, seq2seq, tag)}
 
 __all__ = ["TASKS", "Source", "Task", "TaskData", "get_task", "prepare"]
 

@@ -60,6 +60,9 @@ class Task:
     perplexity: bool = False  # report exp(loss): the loss is a mean over tokens
     prepared: bool = False  # pretraining text: prepared token shards (what `minilm prepare` makes ahead) or a stream
     encoder_decoder: bool = False  # the model is an encoder-decoder (model.encoder_layers > 0)
+    labels: Callable[[Config], list[str]] | None = None  # classifiers and taggers: the names of the label ids
+    # taggers: the labels when spans (chunks, entities) are scored too, else None
+    spans: Callable[[Config], list[str] | None] = lambda cfg: None
 
     def check(self, cfg: Config) -> None:
         """Before any work: the config asks for something this task can do."""

@@ -71,4 +71,4 @@ def metrics(cfg: Config) -> tuple[str, ...]:
     return ("loss", "accuracy", "macro_f1", "f1", "mcc")  # f1: of label id 1, for two labels
 
 
-TASK = Task("classify", prepare, eval_data, metrics)
+TASK = Task("classify", prepare, eval_data, metrics, labels=lambda cfg: cfg.classify.labels)

@@ -10,7 +10,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from minilm.models.outputs import HeadConfig, TaskOutput, classification_output, lm_loss, pool
+from minilm.models.outputs import (HeadConfig, TaskOutput, classification_output, lm_loss, pool,
+                                   token_classification_output)
 from minilm.models.recurrent.config import RecurrentConfig
 from minilm.models.recurrent.model import RecurrentStack, RecurrentState, last_states
 
@@ -63,6 +64,23 @@ class RecurrentClassifier(nn.Module):
             pooled = pool(h, attention_mask, self.pooling)  # (B, width)
         logits = self.head(self.drop(pooled))  # (B, num_labels)
         return classification_output(logits, labels, self.training)
+
+
+class RecurrentTagger(nn.Module):
+    """Sequence labelling on a recurrent stack, the classic (bidirectional) LSTM tagger: every token's top state
+    -> dropout -> linear. One direction reads the left context only; both read the whole sentence."""
+
+    def __init__(self, cfg: RecurrentConfig, heads: HeadConfig = HeadConfig()):
+        super().__init__()
+        self.cfg = cfg
+        self.rnn = RecurrentStack(cfg)
+        self.drop = nn.Dropout(heads.classifier_dropout)
+        self.head = nn.Linear(self.rnn.width, heads.num_labels)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                segment_ids: torch.Tensor | None = None, labels: torch.Tensor | None = None) -> TaskOutput:
+        h, _ = self.rnn(input_ids, attention_mask)  # (B, T, width), right padding
+        return token_classification_output(self.head(self.drop(h)), labels, self.training)  # (B, T, num_labels)
 
 
 @dataclass

@@ -1,5 +1,5 @@
 """The Transformer family: GPT (causal LM), BERT (masked LM + next sentence) and the original encoder-decoder,
-all one stack of one Block; classifiers over GPT or BERT; GPT-2, BERT and BART folders in and out."""
+all one stack of one Block; classifiers and taggers over GPT or BERT; GPT-2, BERT and BART folders in and out."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from minilm.models.family import Family, HFExport, HFImport
 from minilm.models.transformer import hf_bart, hf_bert, hf_gpt2
 from minilm.models.transformer.config import PRESETS, TransformerConfig
 from minilm.models.transformer.decode import TransformerDecoder
-from minilm.models.transformer.heads import CausalLM, Classifier, MaskedLM, Seq2Seq
+from minilm.models.transformer.heads import CausalLM, Classifier, MaskedLM, Seq2Seq, Tagger
 from minilm.models.transformer.model import Transformer
 
 
@@ -37,7 +37,7 @@ def _hf_export(cfg: Config) -> HFExport:
 
 FAMILY = Family(
     "transformer", TransformerConfig, ("transformer",),
-    tasks={"causal_lm": CausalLM, "masked_lm": MaskedLM, "classify": Classifier, "seq2seq": Seq2Seq},
+    tasks={"causal_lm": CausalLM, "masked_lm": MaskedLM, "classify": Classifier, "seq2seq": Seq2Seq, "tag": Tagger},
     backbone=("transformer.",), decoder=TransformerDecoder, check_task=_check_task, checkpointing=_checkpointing,
     hf_export=_hf_export,
     hf_import={"gpt2": HFImport(hf_gpt2.load, "causal_lm"), "bert": HFImport(hf_bert.load, "masked_lm"),

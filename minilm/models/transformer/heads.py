@@ -10,7 +10,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from minilm.data.batch import IGNORE
-from minilm.models.outputs import HeadConfig, Sums, TaskOutput, classification_output, lm_loss, pool
+from minilm.models.outputs import (HeadConfig, Sums, TaskOutput, classification_output, lm_loss, pool,
+                                   token_classification_output)
 from minilm.models.transformer.config import TransformerConfig
 from minilm.models.transformer.model import KVCache, Transformer
 
@@ -185,3 +186,20 @@ class Classifier(nn.Module):
             pooled = self.pooler(h[rows, first][:, None])  # (B, C)
         logits = self.head(self.drop(pooled))  # (B, num_labels)
         return classification_output(logits, labels, self.training)
+
+
+class Tagger(nn.Module):
+    """Sequence labelling: every token's hidden state -> dropout -> linear (BertForTokenClassification's head).
+    Over a bidirectional stack each token reads the whole sentence; over a causal one (GPT), its left context only."""
+
+    def __init__(self, cfg: TransformerConfig, heads: HeadConfig = HeadConfig()):
+        super().__init__()
+        self.cfg = cfg
+        self.transformer = Transformer(cfg)
+        self.drop = nn.Dropout(heads.classifier_dropout)
+        self.head = nn.Linear(cfg.n_embd, heads.num_labels)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                segment_ids: torch.Tensor | None = None, labels: torch.Tensor | None = None) -> TaskOutput:
+        h = self.transformer(input_ids, segment_ids, attention_mask)  # (B, T, C), right padding
+        return token_classification_output(self.head(self.drop(h)), labels, self.training)  # (B, T, num_labels)

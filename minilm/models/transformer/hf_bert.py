@@ -1,5 +1,5 @@
 """minilm BERT runs <-> Hugging Face BERT folders (BertForPreTraining, BertModel, BertForMaskedLM,
-BertForSequenceClassification)."""
+BertForSequenceClassification, BertForTokenClassification)."""
 
 from __future__ import annotations
 
@@ -39,8 +39,10 @@ _BERT_HEADS = {
 }
 
 
-# a fine-tuned BERT Classifier: our pooler and head -> BertForSequenceClassification's (it has no MLM / NSP heads)
+# a fine-tuned BERT Classifier: our pooler and head -> BertForSequenceClassification's (it has no MLM / NSP heads);
+# a Tagger: our head -> BertForTokenClassification's (which has no pooler either)
 _BERT_CLASSIFIER = [("pooler.dense", "bert.pooler.dense"), ("head", "classifier")]
+_BERT_TAGGER = [("head", "classifier")]
 
 
 _BERT_IGNORED = ("classifier.", "qa_outputs.")  # fine-tuning heads of BertFor{SequenceClassification,QuestionAnswering}
@@ -78,9 +80,10 @@ def check(full: Config) -> None:
 
 def export(full: Config, model: torch.nn.Module, tok: Tokenizer) -> tuple[dict[str, Any], Weights]:
     """BertForPreTraining config.json and weights equivalent to our MaskedLM (BertForSequenceClassification for
-    a Classifier)."""
+    a Classifier, BertForTokenClassification for a Tagger, each with its label names)."""
     cfg, own = full.model, model.state_dict()
-    classifier = full.train.task == "classify"
+    task = full.train.task
+    classifier = task in ("classify", "tag")
     C = cfg.n_embd
     if cfg.position == "sinusoidal":  # a fixed table is a learned one that never moved: exact for inference
         own["transformer.pos_emb.weight"] = model.transformer.pos_emb.table()
@@ -92,7 +95,7 @@ def export(full: Config, model: torch.nn.Module, tok: Tokenizer) -> tuple[dict[s
         return own.get(f"{ours}.bias", torch.zeros(n, dtype=own[f"{ours}.weight"].dtype))
 
     tensors: Weights = {}
-    heads = _BERT_CLASSIFIER if classifier else [m for g in _BERT_HEADS.values() for m in g]
+    heads = {"classify": _BERT_CLASSIFIER, "tag": _BERT_TAGGER}.get(task) or [m for g in _BERT_HEADS.values() for m in g]
     for ours, theirs, has_bias in _bert_modules(cfg.n_layer) + [m + (True,) for m in heads]:
         w = own[f"{ours}.weight"]
         tensors[f"{theirs}.weight"] = w
@@ -108,7 +111,8 @@ def export(full: Config, model: torch.nn.Module, tok: Tokenizer) -> tuple[dict[s
         tensors["cls.predictions.bias"] = tensors["cls.predictions.decoder.bias"] = own["mlm.bias"]
         tensors["cls.predictions.decoder.weight"] = own["transformer.tok_emb.weight"]
     tensors = plain(tensors)
-    arch = "BertForSequenceClassification" if classifier else "BertForPreTraining"
+    arch = {"classify": "BertForSequenceClassification", "tag": "BertForTokenClassification"}.get(task,
+                                                                                                  "BertForPreTraining")
     config = {
         "model_type": "bert", "architectures": [arch],
         "vocab_size": cfg.vocab_size, "hidden_size": C, "num_hidden_layers": cfg.n_layer,
@@ -119,7 +123,7 @@ def export(full: Config, model: torch.nn.Module, tok: Tokenizer) -> tuple[dict[s
         "pad_token_id": tok.token_to_id(PAD), "tie_word_embeddings": True,
     }
     if classifier:
-        config["classifier_dropout"] = full.classify.dropout
+        config["classifier_dropout"] = full.tag.dropout if task == "tag" else full.classify.dropout
     return config, tensors
 
 

@@ -51,6 +51,9 @@ def check(full: Config) -> None:
         raise CheckpointError("a GPT classifier cannot be exported: GPT2ForSequenceClassification's head has no "
                               "bias and finds the last token by the pad id, unlike ours; export BERT classifiers "
                               "or GPT pretraining runs")
+    if full.train.task == "tag":
+        raise CheckpointError("a GPT tagger cannot be exported: only BERT taggers are written (as "
+                              "BertForTokenClassification); export a bidirectional tagger or a GPT pretraining run")
 
 
 def export(full: Config, model: torch.nn.Module, tok: Tokenizer) -> tuple[dict[str, Any], Weights]:
