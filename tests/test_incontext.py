@@ -196,3 +196,17 @@ def test_cloze_passages_end_with_a_word_the_passage_already_named() -> None:
     rows = cloze_passages([text], context_words=20)  # whole sentences back to 20 words; "came" is not named before
     assert rows == [{"passage": "The dog ran home. The dog ran home. Then it slept by the fire until morning came. "
                                 "It woke, and ran to the", "answer": "dog"}]
+
+
+def test_the_shipped_tasks_name_columns_their_files_have() -> None:
+    from minilm.incontext.spec import shipped_tasks
+
+    assert shipped_tasks() == ["cloze", "mrpc", "rt_polarity", "sst2", "trec"]
+    for name in shipped_tasks():
+        spec = load_task(name)
+        for path in spec.test_files + spec.train_files:
+            if spec.kind == "cloze":
+                assert Path(path).is_dir()
+                continue
+            header = Path(path).read_text(encoding="utf-8-sig").split("\n", 1)[0].split("\t")
+            assert set(spec.columns()) | {spec.label_column} <= set(header), (name, path)

@@ -178,8 +178,8 @@ def run_tasks(path: str | Path, specs: list[TaskSpec], shots: list[int], seed: i
     and, with several shot counts, the plot of accuracy against shots. Returns the files written."""
     model, tok = load_language_model(path, device)
     folder, context, written = Path(path), window(model), []
-    for spec in specs:
-        run = TaskRun(spec, tok, context, limit)
+    runs = [TaskRun(spec, tok, context, limit) for spec in specs]  # every task read and checked before any scoring
+    for spec, run in zip(specs, runs):
         if run.dropped:
             _note(f"task {spec.name}: dropped {sum(run.dropped.values())} characters this model's vocabulary lacks "
                   f"({''.join(sorted(run.dropped))!r})")
