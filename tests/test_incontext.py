@@ -20,7 +20,7 @@ from minilm.incontext.evaluate import TaskRun, evaluate_task, metrics
 from minilm.incontext.prompts import fit, render
 from minilm.incontext.scoring import Request, Scored, score
 from minilm.models import task_model
-from minilm.tokenizer import train_char
+from minilm.tokenizer import train_bpe, train_char
 
 POSITIVE = ["a warm , funny film", "great acting and a clever plot", "i loved every minute", "a joy to watch",
             "sharp and moving", "the best film of the year", "wonderful music", "a delight"]
@@ -144,6 +144,34 @@ def test_long_prompts_lose_their_earliest_demonstrations_first(tmp_path: Path) -
     assert one.demonstrations == 1 and tok.decode(one.ids) == demos[1] + "\n\n" + query  # the earliest went first
     cut = fit(spec, tok, demos, query, 10)
     assert cut.cut and cut.demonstrations == 0 and tok.decode(cut.ids) == query[-10:]
+
+
+@pytest.mark.parametrize("kind", ["char", "bpe"])
+def test_fitting_keeps_the_most_demonstrations_that_fit(tmp_path: Path, kind: str) -> None:
+    """The quick fit (parts counted alone, then checked whole) keeps exactly what dropping the earliest
+    demonstration one at a time would."""
+    spec = load_task(str(_task(tmp_path, description="Is the review positive or negative?")))
+    texts = POSITIVE + NEGATIVE + [TEMPLATE, spec.description]
+    tok = _tokenizer() if kind == "char" else train_bpe(texts, 300)
+    demos = [f"Review: {t}\nSentiment: {'positive' if t in POSITIVE else 'negative'}" for t in texts[3:9]]
+    query = "Review: i was bored\nSentiment:"
+
+    def naive(budget: int):
+        kept, description = list(demos), spec.description
+        while True:
+            ids = tok.encode("\n\n".join(([description] if description else []) + kept + [query])).ids
+            if len(ids) <= budget:
+                return ids, len(kept)
+            if kept:
+                kept.pop(0)
+            elif description:
+                description = ""
+            else:
+                return ids[-budget:], 0
+
+    for budget in range(4, 200, 7):
+        got = fit(spec, tok, demos, query, budget)
+        assert (got.ids, got.demonstrations) == naive(budget) and len(got.ids) <= budget
 
 
 def test_a_recurrent_lm_scores_through_the_same_code(tmp_path: Path, capsys) -> None:

@@ -5,6 +5,7 @@ folder and, with several shot counts, a plot of accuracy against shots."""
 
 from __future__ import annotations
 
+import functools
 import math
 import sys
 import time
@@ -80,6 +81,7 @@ class TaskRun:
         prompts.check_labels(spec, self.train, "train_files")
         self.content_free = cleaner.texts(spec.content_free)
         self.dropped = cleaner.dropped
+        self.count = functools.lru_cache(maxsize=1 << 16)(lambda text: len(prompts.encode(tok, text)))
         self.options = list(spec.options.items())  # (label, text) in the task's order
         self.option_ids = [self._continuation(text) for _, text in self.options]
 
@@ -109,9 +111,9 @@ class TaskRun:
                 if budget < 1:
                     raise UsageError(f"task {spec.name}: an answer is longer than the model's {self.window}-token "
                                      "context: use shorter options")
-            fitted = prompts.fit(spec, self.tok, demos, query, budget)
-            calibration = [Request(tuple(prompts.fit(spec, self.tok, demos, prompts.content_free(spec, cf),
-                                                     budget).ids), conts) for cf in self.content_free]
+            fitted = prompts.fit(spec, self.tok, demos, query, budget, self.count)
+            calibration = [Request(tuple(prompts.fit(spec, self.tok, demos, prompts.content_free(spec, cf), budget,
+                                                     self.count).ids), conts) for cf in self.content_free]
             out.append(Item(Request(tuple(fitted.ids), conts), right, chars, calibration, fitted.demonstrations,
                             fitted.cut))
         return out

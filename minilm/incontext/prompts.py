@@ -5,6 +5,7 @@ context, demonstrations first."""
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from tokenizers import Tokenizer
@@ -93,16 +94,33 @@ def encode(tok: Tokenizer, text: str) -> list[int]:
     return tok.encode(text, add_special_tokens=False).ids
 
 
-def fit(spec: TaskSpec, tok: Tokenizer, demos: list[str], query: str, budget: int | None) -> Prompt:
+def fit(spec: TaskSpec, tok: Tokenizer, demos: list[str], query: str, budget: int | None,
+        count: Callable[[str], int] | None = None) -> Prompt:
     """The prompt's ids in at most `budget` tokens (None: any length): the earliest demonstrations are dropped
-    first, then the description, and only then is the example cut from the left."""
-    demos, description = list(demos), spec.description
+    first, then the description, and only then is the example cut from the left. `count`: the tokens of a text
+    (memoized by the caller: the same demonstrations recur)."""
+    description = spec.description
+    if budget is None:
+        return Prompt(encode(tok, join(spec, description, demos, query)), len(demos), False)
+    count = count or (lambda text: len(encode(tok, text)))
+    # where to start, from the parts counted alone (exact for characters, close for BPE); checked on the whole below
+    sep, sizes = count(spec.example_delimiter), [count(d) for d in demos]
+    need = count(query) + (count(description) + sep if description else 0) + sum(sizes) + sep * len(demos)
+    drop = 0
+    while drop < len(demos) and need > budget:
+        need -= sizes[drop] + sep
+        drop += 1
     while True:
-        ids = encode(tok, join(spec, description, demos, query))
-        if budget is None or len(ids) <= budget:
-            return Prompt(ids, len(demos), False)
-        if demos:
-            demos.pop(0)
+        ids = encode(tok, join(spec, description, demos[drop:], query))
+        if len(ids) <= budget:
+            while drop and description == spec.description:  # the estimate was high: keep what still fits
+                more = encode(tok, join(spec, description, demos[drop - 1:], query))
+                if len(more) > budget:
+                    break
+                drop, ids = drop - 1, more
+            return Prompt(ids, len(demos) - drop, False)
+        if drop < len(demos):
+            drop += 1
         elif description:
             description = ""
         else:
