@@ -231,12 +231,19 @@ def plot(folder: Path) -> Path:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
+    ticks: set[int] = set()
     for path in sorted(folder.glob(f"{RESULTS_PREFIX}*.json")):
         record = read_json(path)
-        points = sorted((int(k), v["acc"]) for k, v in record.get("shots", {}).items())
+        shots = record.get("shots", {})
+        points = sorted((int(k), v["acc"]) for k, v in shots.items())
         if len(points) > 1:
-            ax.plot([k for k, _ in points], [100 * a for _, a in points], "o-", label=record.get("task", path.stem))
+            n = next(iter(shots.values())).get("examples")
+            ax.plot([k for k, _ in points], [100 * a for _, a in points], "o-",
+                    label=f"{record.get('task', path.stem)} ({n} examples)")
+            ticks.update(k for k, _ in points)
     ax.set_xscale("symlog", linthresh=1)  # 0 shots on the same axis as 1, 4, 16
+    ax.set_xticks(sorted(ticks), [str(k) for k in sorted(ticks)])
+    ax.minorticks_off()
     ax.set_xlabel("demonstrations in the prompt (K)")
     ax.set_ylabel("accuracy (%)")
     ax.set_title(f"in-context learning: {folder.name}")

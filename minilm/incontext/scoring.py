@@ -4,7 +4,7 @@ With the cache (the default) a batch of prompts is read once, each through the f
 keeps its keys and values, a recurrent stack its state); every continuation of a prompt then continues from that
 prompt's cache, one token at a time, all continuations of the batch together. Without it, each prompt and
 continuation is read whole, once per continuation (what scoring each option alone costs); the two agree
-(tests/test_incontext.py)."""
+(tests/test_incontext.py). A prompt with a single continuation (a cloze) is read whole with it either way."""
 
 from __future__ import annotations
 
@@ -121,6 +121,8 @@ def score(model: torch.nn.Module, requests: list[Request], batch_size: int = 32,
     found: dict[Request, list[Scored]] = {}
     for first in tqdm(range(0, len(order), batch_size), desc=desc, unit="batch", disable=desc is None, leave=False):
         batch = [unique[i] for i in order[first : first + batch_size]]
-        for r, s in zip(batch, (_cached if use_cache else _scratch)(model, batch)):
+        # one continuation per prompt (a cloze): read whole, the prompt is read once anyway, in one pass
+        shared = use_cache and any(len(r.continuations) > 1 for r in batch)
+        for r, s in zip(batch, (_cached if shared else _scratch)(model, batch)):
             found[r] = s
     return [found[r] for r in requests]
