@@ -14,6 +14,7 @@ from conftest import randomize, write_run
 
 from minilm import cli, hf
 from minilm.config import config_from_dict
+from minilm.errors import DataError
 from minilm.incontext import load_language_model, load_task, run_tasks
 from minilm.incontext.cloze import cloze_passages
 from minilm.incontext.evaluate import TaskRun, evaluate_task, metrics
@@ -238,3 +239,14 @@ def test_the_shipped_tasks_name_columns_their_files_have() -> None:
                 continue
             header = Path(path).read_text(encoding="utf-8-sig").split("\n", 1)[0].split("\t")
             assert set(spec.columns()) | {spec.label_column} <= set(header), (name, path)
+
+
+def test_a_cloze_cut_from_text_files_names_only_its_passage(tmp_path: Path) -> None:
+    (tmp_path / "novel.txt").write_text("The dog ran home. " * 20 + "It came back to the dog.\n", encoding="utf-8")
+    spec = {"kind": "cloze", "test_files": ["novel.txt"], "template": "{text}", "context_words": 10}
+    (tmp_path / "c.yaml").write_text(json.dumps(spec))
+    with pytest.raises(DataError, match="template names column 'text', but passages cut from text files"):
+        TaskRun(load_task(str(tmp_path / "c.yaml")), _tokenizer(), None, None)
+    (tmp_path / "c.yaml").write_text(json.dumps({**spec, "template": "{passage}", "answer_column": "word"}))
+    run = TaskRun(load_task(str(tmp_path / "c.yaml")), _tokenizer(), None, None)
+    assert {r["word"] for r in run.test} == {"home", "dog"}

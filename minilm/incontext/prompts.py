@@ -23,7 +23,12 @@ def read_rows(spec: TaskSpec, files: list[str], what: str) -> list[Row]:
     """The rows of `files` with the columns the task reads, as stripped text; a cloze from text files is cut
     into passages (columns passage and answer)."""
     if spec.kind == "cloze" and is_text(files, f"{spec.name}: {what}"):
-        return cloze_passages(read_novels(files, f"{spec.name}: {what}"), spec.context_words)
+        other = [c for c in spec.columns() if c != "passage"]
+        if other:
+            raise DataError(f"task {spec.name}: template names column {other[0]!r}, but passages cut from text files "
+                            "have only {passage}: write the template with {passage}")
+        rows = cloze_passages(read_novels(files, f"{spec.name}: {what}"), spec.context_words)
+        return [{"passage": r["passage"], spec.answer_column: r["answer"]} for r in rows]
     table = load_table(files, f"{spec.name}: {what}")
     need = spec.columns() + [spec.label_column if spec.kind == "choice" else spec.answer_column]
     missing = [c for c in need if c not in table.column_names]
