@@ -113,6 +113,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from minilm.run import load_run
     from minilm.tasks import get_task
 
+    if args.task is not None:
+        return _eval_incontext(args)
+    if args.data is None:
+        raise UsageError("give --data FILE to score a run on a file, or --task NAME for zero/few-shot evaluation")
+    given = [f for f, v in (("--shots", args.shots), ("--seed", args.seed), ("--limit", args.limit),
+                            ("--no-cache", args.no_cache or None)) if v is not None]
+    if given:
+        raise UsageError(f"{given[0]} applies to zero/few-shot evaluation (--task NAME): drop it or give --task")
     cfg, model, tok = load_run(args.run_dir, args.device)
     task = get_task(cfg.train.task)
     if not task.encoder_decoder and (args.beams is not None or args.length_penalty is not None):
@@ -146,6 +154,39 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if result.confusion is not None:
         print(format_labels(result.confusion, task.labels(cfg)))
     return 0
+
+
+def _eval_incontext(args: argparse.Namespace) -> int:
+    """`minilm eval RUN --task NAME[,NAME] [--shots K[,K]] [--seed S] [--limit N]`: zero/few-shot evaluation."""
+    from minilm.incontext import load_task, run_tasks
+
+    given = [f for f, v in (("--data", args.data), ("--text-column", args.text_column), ("--pair-column",
+             args.pair_column), ("--label-column", args.label_column), ("--beams", args.beams),
+             ("--length-penalty", args.length_penalty)) if v is not None]
+    if given:
+        raise UsageError(f"{given[0]} does not apply to zero/few-shot evaluation: a task file names its data and "
+                         "columns; drop it")
+    shots = _counts(args.shots or "0", "--shots")
+    if args.limit is not None and args.limit < 1:
+        raise UsageError(f"--limit {args.limit} must be at least 1 (or left out: every example)")
+    if args.batch_size < 1:
+        raise UsageError(f"--batch-size {args.batch_size} must be at least 1")
+    datasets_quiet()
+    specs = [load_task(name) for name in args.task.split(",")]  # every task file checked before any model is read
+    run_tasks(args.run_dir, specs, shots, 1234 if args.seed is None else args.seed, args.limit, args.device,
+              args.batch_size, not args.no_cache)
+    return 0
+
+
+def _counts(text: str, flag: str) -> list[int]:
+    """K[,K...] as distinct counts >= 0, in the order given."""
+    try:
+        counts = [int(k) for k in text.split(",")]
+    except ValueError:
+        raise UsageError(f"{flag} {text!r} must be counts separated by commas, such as 0,1,4,16") from None
+    if any(k < 0 for k in counts) or len(set(counts)) != len(counts):
+        raise UsageError(f"{flag} {text!r} must be distinct counts of at least 0, such as 0,1,4,16")
+    return counts
 
 
 def cmd_classify(args: argparse.Namespace) -> int:
@@ -410,14 +451,22 @@ def build_parser() -> argparse.ArgumentParser:
 def _add_run_commands(sub: argparse._SubParsersAction) -> None:
     """The commands that read a run directory."""
     ev = sub.add_parser("eval", help="score a run on a file: a classifier on labelled rows, a language model on text, "
-                                     "a seq2seq run on source/target rows")
+                                     "a seq2seq run on source/target rows; or a language model (a run or a Hugging "
+                                     "Face GPT-2 folder) zero/few-shot on a task (--task)")
     ev.add_argument("run_dir")
-    ev.add_argument("--data", required=True, help="a labelled (or source/target) TSV/CSV/JSON(L)/parquet file, or "
-                                                   "text for LM runs")
+    ev.add_argument("--data", default=None, help="a labelled (or source/target) TSV/CSV/JSON(L)/parquet file, or "
+                                                  "text for LM runs")
+    ev.add_argument("--task", default=None, help="zero/few-shot: a task of configs/incontext/ (sst2, rt_polarity, "
+                                                 "trec, mrpc, cloze) or a task YAML file; several separated by commas")
+    ev.add_argument("--shots", default=None, help="with --task: demonstrations per prompt, K[,K...] (default 0)")
+    ev.add_argument("--seed", type=int, default=None, help="with --task: draws the demonstrations (default 1234)")
+    ev.add_argument("--limit", type=int, default=None, help="with --task: score the first N examples only")
+    ev.add_argument("--no-cache", action="store_true", help="with --task: read each option's whole prompt again "
+                                                            "instead of continuing from the prompt's cache (slower)")
     ev.add_argument("--text-column", default=None)
     ev.add_argument("--pair-column", default=None)
     ev.add_argument("--label-column", default=None)
-    ev.add_argument("--batch-size", type=int, default=64)
+    ev.add_argument("--batch-size", type=int, default=64, help="rows (with --task: prompts) scored together")
     ev.add_argument("--beams", type=int, default=None, help="seq2seq runs: decode by beam search with this many "
                                                             "beams (default 1: greedy)")
     ev.add_argument("--length-penalty", type=finite, default=None, help="seq2seq runs, with --beams (default 1)")

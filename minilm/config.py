@@ -376,6 +376,11 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
             return None
         inner = [a for a in args if a is not type(None)]
         return _coerce(key, value, inner[0])
+    if origin is dict:  # str keys (a YAML key 0 is the string "0"), checked values
+        _, item = typing.get_args(tp)
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key} must be a mapping, got {value!r}")
+        return {str(k): _coerce(f"{key}.{k}", v, item) for k, v in value.items()}
     if origin is list:
         (item,) = typing.get_args(tp)
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):
@@ -407,7 +412,8 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
     raise ConfigError(f"{key} must be {_type_name(tp)}, got {value!r}")
 
 
-def _build_section(section: str, cls: type, values: dict) -> Any:
+def build_section(section: str, cls: type, values: dict) -> Any:
+    """A dataclass from a mapping: an unknown key is refused naming the valid ones, each value checked by its type."""
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
     kwargs = {}
@@ -451,7 +457,7 @@ def _model_section(values: dict) -> ModelConfig:
         if key not in names and owner is not None:
             raise ConfigError(f"model.{key} is a setting of {owner} models, and model.arch={values.get('arch', cls.arch)} "
                               f"is a {cls.family} model: drop it (or choose a {owner} model.arch)")
-    return _build_section("model", cls, values)
+    return build_section("model", cls, values)
 
 
 def config_from_dict(raw: dict) -> Config:
@@ -464,7 +470,7 @@ def config_from_dict(raw: dict) -> Config:
             raise ConfigError(f"unknown section {name!r}; valid sections: {', '.join(SECTIONS)}")
         if values is not None and not isinstance(values, dict):
             raise ConfigError(f"section {name!r} must be a mapping of keys, got {values!r}")
-    built = {name: _build_section(name, hints[name], raw.get(name) or {}) for name in SECTIONS if name != "model"}
+    built = {name: build_section(name, hints[name], raw.get(name) or {}) for name in SECTIONS if name != "model"}
     built["model"] = _model_section(dict(raw.get("model") or {}))
     if built["train"].task in (None, "pretrain"):
         built["train"] = dataclasses.replace(built["train"], task=built["model"].default_task())

@@ -66,20 +66,28 @@ class BagClassifier(nn.Module):
 
 
 class BagDecoder:
-    """No cache: every step reads the whole sequence again."""
+    """No cache: every step reads the whole sequence again (after prompts of different lengths, each row's own
+    tokens: its prompt without the padding, then what followed)."""
 
     max_len = None
+    window = None
 
     def __init__(self, model: BagLM, rows: int, use_cache: bool, source=None, source_mask=None):
-        self.model = model
+        self.model, self.lengths, self.width = model, None, 0
 
-    def start(self, prefix: torch.Tensor) -> torch.Tensor:
-        return self.model(prefix).logits[:, -1]
+    def start(self, prefix: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+        self.lengths, self.width = lengths, prefix.size(1)
+        return self.step(prefix)
 
-    step = start
+    def step(self, seq: torch.Tensor) -> torch.Tensor:
+        if self.lengths is None:
+            return self.model(seq).logits[:, -1]
+        rows = [torch.cat([s[:n], s[self.width:]]) for s, n in zip(seq, self.lengths.tolist())]
+        return torch.stack([self.model(r[None]).logits[0, -1] for r in rows])  # (rows, V)
 
     def reorder(self, rows: torch.Tensor) -> None:
-        pass
+        if self.lengths is not None:
+            self.lengths = self.lengths[rows]
 
 
 BAG = Family("bag", BagConfig, ("bag",), tasks={"causal_lm": BagLM, "classify": BagClassifier}, backbone=("emb.",),
@@ -148,3 +156,29 @@ def test_a_toy_family_is_refused_what_it_lacks(bag_family, shakespeare_file, tmp
     assert main(["export", str(lm), str(tmp_path / "hf")]) == 2
     assert "a bag run (model.arch=bag) has no transformers layout" in capsys.readouterr().err
     assert not (tmp_path / "hf").exists()
+
+
+def test_a_toy_family_is_evaluated_zero_and_few_shot_through_its_decoder(bag_family, tmp_path, capsys):
+    """In-context scoring reads a family only through its decoder: the shared-prompt path and reading each option
+    whole give the same table."""
+    from conftest import write_run
+    from minilm.config import config_from_dict
+    from minilm.tokenizer import train_char
+
+    rows = [(f"{w} good", "1") for w in "abcdef"] + [(f"{w} bad", "0") for w in "abcdef"]
+    (tmp_path / "t.tsv").write_text("text\tlabel\n" + "".join(f"{t}\t{y}\n" for t, y in rows), encoding="utf-8")
+    (tmp_path / "task.yaml").write_text('kind: choice\ntest_files: [t.tsv]\ntrain_files: [t.tsv]\n'
+                                        'template: "Text: {text}\\nIt is"\noptions: {0: bad, 1: good}\n'
+                                        'content_free: [""]\n', encoding="utf-8")
+    tok = train_char(["Text: It is good bad abcdef\n"])
+    cfg = config_from_dict({"model": {"arch": "bag", "n_embd": 8, "vocab_size": tok.get_vocab_size()},
+                            "data": {"train_files": ["unused.txt"]}})
+    torch.manual_seed(0)
+    lm = BagLM(cfg.model)
+    nn.init.normal_(lm.emb.weight, std=1.0)  # options far from ties, which float rounding could flip
+    run = write_run(tmp_path / "bag", cfg, lm, tok)
+    tables = []
+    for extra in ([], ["--no-cache"]):
+        assert main(["eval", str(run), "--task", str(tmp_path / "task.yaml"), "--shots", "0,3", *extra]) == 0
+        tables.append([line for line in capsys.readouterr().out.splitlines() if line.lstrip()[:1].isdigit()])
+    assert len(tables[0]) == 2 and [t.rsplit(None, 1)[0] for t in tables[0]] == [t.rsplit(None, 1)[0] for t in tables[1]]

@@ -21,13 +21,18 @@ class Decoder(Protocol):
     recurrent stack its state."""
 
     max_len: int | None  # the longest output the model holds (None: no limit, or a window that slides)
+    window: int | None  # the most tokens a language model reads at once (None: a state that reads any length)
 
-    def start(self, prefix: torch.Tensor) -> torch.Tensor:
-        """The prompt (or a seq2seq decoder's start token), (rows, T) -> logits for the token after it."""
+    def start(self, prefix: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+        """The prompt (or a seq2seq decoder's start token), (rows, T) -> logits for the token after it.
+        A language model's prompts of different lengths come right-padded with their `lengths` (rows,) (with the
+        cache only, at most `window` tokens each): the logits follow each row's last real token, and `step`
+        continues each row from there (scoring several continuations of one prompt)."""
         ...
 
     def step(self, seq: torch.Tensor) -> torch.Tensor:
-        """The sequences so far, (rows, T'), whose newest token the decoder has not read -> the next logits."""
+        """The sequences so far, (rows, T'), whose newest token the decoder has not read -> the next logits.
+        After a start with `lengths`, only the newest token is read, at each row's own position."""
         ...
 
     def reorder(self, rows: torch.Tensor) -> None:

@@ -17,6 +17,7 @@ class RecurrentDecoder:
         self.model, self.use_cache = model, use_cache
         self.seq2seq = model.cfg.encoder_layers > 0
         self.max_len = model.cfg.block_size if self.seq2seq else None
+        self.window = None  # the state reads any length
         self.encoded = model.encode(source, source_mask).expand(rows) if self.seq2seq else None
         self.state: RecurrentState | None = None
 
@@ -29,8 +30,16 @@ class RecurrentDecoder:
             self.state = out.state
         return out.logits[:, -1]  # (rows, V)
 
-    def start(self, prefix: torch.Tensor) -> torch.Tensor:
-        return self._logits(prefix, None)
+    def start(self, prefix: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+        if lengths is None or bool((lengths == prefix.size(1)).all()):
+            return self._logits(prefix, None)
+        if not self.use_cache or self.seq2seq:
+            raise ValueError("prompts of different lengths need a language model with its cache")
+        # right padding: each row's state stops at its last real token, where its logits are taken
+        mask = torch.arange(prefix.size(1), device=prefix.device)[None] < lengths.to(prefix.device)[:, None]
+        out = self.model(prefix, state=None, last_only=True, attention_mask=mask)
+        self.state = out.state
+        return out.logits[:, -1]  # (rows, V)
 
     def step(self, seq: torch.Tensor) -> torch.Tensor:
         return self._logits(seq[:, -1:], self.state) if self.use_cache else self._logits(seq, None)

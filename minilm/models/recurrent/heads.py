@@ -29,10 +29,11 @@ class RecurrentLM(nn.Module):
         self.out = nn.Linear(self.rnn.width, cfg.n_embd, bias=False) if self.rnn.width != cfg.n_embd else None
 
     def forward(self, input_ids: torch.Tensor, labels: torch.Tensor | None = None, state: RecurrentState | None = None,
-                last_only: bool = False) -> TaskOutput:
-        h, state = self.rnn(input_ids, state=state)  # (B, T, width)
-        if last_only:
-            h = h[:, -1:]  # (B, 1, width)
+                last_only: bool = False, attention_mask: torch.Tensor | None = None) -> TaskOutput:
+        """attention_mask (B, T): right padding, where each row's state stops (prompts of different lengths)."""
+        h, state = self.rnn(input_ids, attention_mask, state=state)  # (B, T, width)
+        if last_only:  # each row's last real token
+            h = h[:, -1:] if attention_mask is None else last_states(h, attention_mask, False)[:, None]  # (B, 1, width)
         if self.out is not None:
             h = self.out(h)  # (B, T, n_embd)
         logits = F.linear(h, self.rnn.tok_emb.weight)  # (B, T, vocab), tied to the embedding

@@ -36,6 +36,9 @@ class KVCache:
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Store k, v of shape (B, nh, T, hs) after the cached positions; return all keys and values so far."""
         end = self.length + k.size(2)
+        if end > self.k.size(3):  # padded prompts use more slots than positions: room for the tokens after them
+            more = self.k.new_zeros(*self.k.shape[:3], max(end - self.k.size(3), 16), self.k.size(4))
+            self.k, self.v = torch.cat([self.k, more], 3), torch.cat([self.v, more], 3)
         self.k[layer, :, :, self.length : end] = k
         self.v[layer, :, :, self.length : end] = v
         return self.k[layer, :, :, :end], self.v[layer, :, :, :end]  # (B, nh, end, hs)
@@ -233,7 +236,8 @@ class Transformer(nn.Module):
         at the first step (the cache keeps what cross-attention needs). tok_emb: a table of the caller's."""
         B, T = idx.shape
         past = cache.length if cache is not None else 0
-        if past + T > self.cfg.block_size:
+        # slots may outnumber positions (padded prompts in the cache): then the positions given are what counts
+        if past + T > self.cfg.block_size and (position_ids is None or int(position_ids.max()) >= self.cfg.block_size):
             raise ValueError(f"sequence of {past + T} tokens exceeds the block size {self.cfg.block_size}")
         if position_ids is None:
             position_ids = torch.arange(past, past + T, device=idx.device)[None]  # (1, T)
