@@ -123,19 +123,24 @@ def listops_value(expression: str) -> int:
     return stack[0][0]
 
 
+def listops_rows(rng: random.Random, size: int, seen: set[str]) -> list[list[str]]:
+    """`size` rows (label, expression) of expressions not in `seen`, which takes them in: no row is in two splits."""
+    rows = []
+    while len(rows) < size:
+        text, value = listops_expression(rng)
+        if text not in seen:
+            seen.add(text)
+            rows.append([str(value), text])
+    return rows
+
+
 def listops(seed: int = 20181) -> None:
     test = [line.split("\t") for line in (HERE / "listops" / "test_d20s.tsv").read_text(encoding="utf-8").splitlines()]
     write_tsv(HERE / "listops" / "test.tsv", ["label", "expression"], test)
-    seen = {expression for _, expression in test}
+    seen = {expression for _, expression in test}  # no test row is trained or validated on
     rng = random.Random(seed)
     for split, size in LISTOPS_SIZES.items():
-        rows = []
-        while len(rows) < size:
-            text, value = listops_expression(rng)
-            if text not in seen:  # unique across the three splits: no test (or validation) row is trained on
-                seen.add(text)
-                rows.append([str(value), text])
-        write_tsv(HERE / "listops" / f"{split}.tsv", ["label", "expression"], rows)
+        write_tsv(HERE / "listops" / f"{split}.tsv", ["label", "expression"], listops_rows(rng, size, seen))
 
 
 if __name__ == "__main__":
