@@ -14,8 +14,8 @@ goes to test if crc32("cmudict-split:" + word) % 100 < 5, to valid if < 10, else
 ListOps: listops/test_d20s.tsv (the published test set, `label \t expression`, no header) -> listops/test.tsv
 with columns label, expression; and listops/{train,valid}.tsv generated from the same grammar (see
 generate_listops), seeded, deduplicated against the test set and each other.
-The outputs are committed, except ListOps' (about 27 MB, written in seconds); rerunning reproduces them byte for
-byte. `python data/prepare.py listops` writes only those.
+The outputs are committed; rerunning reproduces them byte for byte (`python data/prepare.py listops` writes only
+ListOps', in a few seconds).
 """
 
 import random
