@@ -37,7 +37,7 @@ class ModelConfig:
 
     preset: str | None = None  # a name from a family's presets; its values sit under anything set explicitly
     # the family: "transformer", a recurrent stack of "rnn", "lstm", "gru" or "sru", or a tree-structured network,
-    # "tree_lstm" or "tree_rnn"
+    # "tree_lstm", "tree_lstm_childsum" or "tree_rnn"
     arch: str = "transformer"
     vocab_size: int = 0  # 0: take it from the tokenizer
     # the longest sequence read in one piece: a Transformer's position table; the training block of the others

@@ -52,6 +52,17 @@ def test_bracketed_trees_in_both_notations():
             binary_brackets(bad)
 
 
+def test_ptb_trees_in_a_table_are_read_and_a_bad_one_named(tmp_path):
+    from minilm.data.tables import load_table
+
+    table = tmp_path / "sst.tsv"
+    table.write_text("sentence\tlabel\n(3 (2 It) (4 (2 's) (3 great)))\t1\n\n(1 (2 a) (1 bore))\t0\n", encoding="utf-8")
+    assert load_table([str(table)], "data.train_files", "sentence")["sentence"] == ["( It ( 's great ) )", "( a bore )"]
+    table.write_text("sentence\tlabel\n(3 (2 It) (4 (2 's) (3 great)))\t1\n(1 (2 a) (1 bore)))\t0\n", encoding="utf-8")
+    with pytest.raises(DataError, match="sst.tsv' line 3 is not a tree in brackets \\(a '\\)' that closes no"):
+        load_table([str(table)], "data.train_files", "sentence")
+
+
 def _batch(trees: list[str]) -> tuple[torch.Tensor, torch.Tensor, int]:
     """Trees as a right-padded batch of ids (0 and 1 the brackets), its mask, and the vocabulary size."""
     vocab = {"(": 0, ")": 1}
@@ -75,7 +86,7 @@ def test_a_batch_costs_as_many_steps_as_its_tallest_tree():
     assert len(schedule(*_batch(TREES[3:4])[:2], 0, 1).sizes) - 1 == 3
 
 
-@pytest.mark.parametrize("arch", ["tree_lstm", "tree_rnn"])
+@pytest.mark.parametrize("arch", ["tree_lstm", "tree_rnn", "tree_lstm_childsum"])
 def test_level_batching_equals_node_by_node_composition(arch):
     torch.manual_seed(0)
     x, mask, vocab = _batch(TREES)
@@ -92,7 +103,7 @@ def test_level_batching_equals_node_by_node_composition(arch):
         torch.testing.assert_close(g_level[name], g_node[name], rtol=1e-10, atol=1e-12, msg=name)
 
 
-@pytest.mark.parametrize("arch", ["tree_lstm", "tree_rnn"])
+@pytest.mark.parametrize("arch", ["tree_lstm", "tree_rnn", "tree_lstm_childsum"])
 def test_a_trees_output_does_not_depend_on_its_batch(arch):
     torch.manual_seed(0)
     x, mask, vocab = _batch(TREES)
@@ -105,6 +116,14 @@ def test_a_trees_output_does_not_depend_on_its_batch(arch):
     leaves = net.cell.leaves(net.tok_emb(x.flatten()[schedule(x, mask, 0, 1).leaves]))
     assert compose_by_level(net.cell, leaves, schedule(x, mask, 0, 1)).shape == (len(TREES), net.cell.state_size)
     assert compose_node_by_node(net.cell, leaves, schedule(x, mask, 0, 1)).shape == (len(TREES), net.cell.state_size)
+
+
+def test_child_sum_reads_its_children_unordered():
+    torch.manual_seed(0)
+    x, mask, vocab = _batch(["( ( a b ) c )", "( c ( b a ) )"])
+    for arch, same in [("tree_lstm_childsum", True), ("tree_lstm", False)]:
+        out = TreeNet(TreeConfig(arch=arch, vocab_size=vocab, n_embd=8, open_id=0, close_id=1)).double()(x, mask)
+        assert torch.allclose(out[0], out[1], rtol=0, atol=1e-12) == same
 
 
 def _listops_table(path, rows: int = 48):

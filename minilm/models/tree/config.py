@@ -9,15 +9,16 @@ from typing import Callable, ClassVar
 from minilm.config import Config, ModelConfig, check_field
 from minilm.errors import ConfigError
 
-ARCHS = ("tree_lstm", "tree_rnn")
+ARCHS = ("tree_lstm", "tree_rnn", "tree_lstm_childsum")
 # the brackets as minilm/data/trees.py writes every tree, each its own token under a word-level tokenizer
 OPEN, CLOSE = "(", ")"
 
 
 @dataclass
 class TreeConfig(ModelConfig):
-    """model.arch=tree_lstm (Tai et al. 2015, the binary constituency Tree-LSTM) or tree_rnn (Socher et al.'s
-    recursive network, parent = tanh(W [left; right] + b)): token embeddings at the leaves of each row's tree,
+    """model.arch=tree_lstm (Tai et al. 2015, the binary constituency Tree-LSTM), tree_lstm_childsum (their
+    Child-Sum Tree-LSTM, children unordered) or tree_rnn (Socher et al.'s recursive network, parent =
+    tanh(W [left; right] + b)): token embeddings at the leaves of each row's tree,
     composed bottom-up to its root, which the classifier reads. The trees come as brackets in the token stream
     (data.text_column holds them; a word-level tokenizer keeps each bracket a token). n_layer is not used: a
     tree's depth is its data's. block_size is the longest tree, in tokens with its brackets (none is cut)."""
@@ -64,6 +65,7 @@ class TreeConfig(ModelConfig):
         return "classify"
 
     def describe(self) -> str:
-        cell = {"tree_lstm": "binary Tree-LSTM", "tree_rnn": "recursive network (tanh)"}[self.arch]
+        cell = {"tree_lstm": "binary Tree-LSTM", "tree_lstm_childsum": "Child-Sum Tree-LSTM",
+                "tree_rnn": "recursive network (tanh)"}[self.arch]
         return (f"a {cell} over bracketed trees, nodes {self.tree_hidden} wide, leaves {self.n_embd}-wide token "
                 f"embeddings (trees of up to {self.block_size} tokens)")

@@ -1,11 +1,13 @@
-"""Recursive networks over bracketed trees, composed level by level: the schedule read from the brackets, the two
-cells (Tree-RNN, binary Tree-LSTM), and the network (token embeddings at the leaves -> composition -> the roots).
+"""Recursive networks over bracketed trees, composed level by level, bottom-up: the schedule read from the
+brackets, the cells (Tree-RNN, binary Tree-LSTM, Child-Sum Tree-LSTM), the composition, and the network (token
+embeddings at the leaves -> the cell, height by height -> the roots).
 
 Why the trees come as brackets in the token stream, not as tensors from the collator: the bracketed text says
 the whole tree, and a word-level tokenizer keeps each bracket a token, so the classify data path (tables,
 encoding, padding, `minilm classify`, `minilm eval`) stays what every family uses, the sequence models read the
 very same ids (brackets as symbols), and everything about composing a tree stays in this package. The price is
-one pass in Python over each batch's tokens (`schedule`), small next to the composition itself.
+one pass in Python over each batch's tokens (`schedule`): on ListOps batches of 128 on a CPU, about a sixth of
+what the training step's forward and backward take.
 
 Batched by level: a node's height is 1 + its taller child's (leaves 0). All nodes of one height, across the whole
 batch, are composed in one matrix product, so a batch costs as many sequential steps as its tallest tree
@@ -174,7 +176,25 @@ class TreeLSTMCell(nn.Module):
         return state[:, :self.hidden]  # h of [h; c]
 
 
-CELLS = {"tree_rnn": TreeRNNCell, "tree_lstm": TreeLSTMCell}
+class ChildSumTreeLSTMCell(TreeLSTMCell):
+    """Tai et al.'s Child-Sum Tree-LSTM: the gates read the sum of the children's h, so the children are unordered,
+    and each child's forget gate reads that child's own h (one matrix shared by all children)."""
+
+    def __init__(self, n_embd: int, hidden: int):
+        super().__init__(n_embd, hidden)
+        self.node = nn.Linear(hidden, 3 * hidden)  # i, o, u from h_left + h_right
+        self.forget = nn.Linear(hidden, hidden)  # f_k from h_k
+        with torch.no_grad():
+            self.forget.bias.fill_(1.0)
+
+    def compose(self, left: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
+        H, n = self.hidden, len(left)
+        i, o, u = self.node(left[:, :H] + right[:, :H]).chunk(3, -1)  # 3 x (n, H)
+        f = torch.sigmoid(self.forget(torch.cat([left[:, :H], right[:, :H]])))  # (2n, H): the left children's first
+        return self._state(i, o, u, f[:n] * left[:, H:] + f[n:] * right[:, H:])  # (n, 2H)
+
+
+CELLS = {"tree_rnn": TreeRNNCell, "tree_lstm": TreeLSTMCell, "tree_lstm_childsum": ChildSumTreeLSTMCell}
 
 
 def compose_by_level(cell: nn.Module, leaves: torch.Tensor, sched: Schedule) -> torch.Tensor:
