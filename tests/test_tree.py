@@ -191,3 +191,13 @@ def test_a_malformed_tree_is_refused_naming_its_file_and_row(tmp_path):
     with pytest.raises(DataError, match=f"{table.name}' line 5 is not a tree in brackets \\(1 '\\(' never closed\\)"):
         train(load_config(None, _tree_overrides(table, tmp_path / "a", "model.arch=tree_lstm")))
     assert not (tmp_path / "a").exists()
+
+
+def test_the_depth_bench_compares_heights_lengths_and_speeds(tmp_path, capsys):
+    from bench.tree_depth import main as bench
+
+    table = _listops_table(tmp_path / "listops.tsv", rows=6)
+    bench(["--data", str(table), "--batch", "3", "--timed", "2", "--width", "8"])
+    out = capsys.readouterr().out
+    assert "2 batches of 3" in out and "tallest tree" in out and "longest row" in out
+    assert "level by level:" in out and "node by node:" in out
