@@ -117,8 +117,8 @@ def _routes(height: np.ndarray, kids: np.ndarray, position: np.ndarray, roots: n
         by_reader = span[np.lexsort((slot[span], reader[span]))]  # by the height reading them, then slot
         to, count = np.unique(reader[by_reader], return_counts=True)
         sends.append((torch.from_numpy(by_reader - first[h]), count.tolist(), to.tolist()))
-        for r in to.tolist():
-            arriving[r].append(slot[by_reader][reader[by_reader] == r])
+        for r, slots in zip(to.tolist(), np.split(slot[by_reader], np.cumsum(count)[:-1])):
+            arriving[r].append(slots)
     takes = [torch.from_numpy(np.argsort(np.concatenate(a)) if a else np.zeros(0, dtype=np.int64))
              for a in arriving]
     return Schedule(torch.from_numpy(position[order[:n_leaves]]), sizes.tolist(), torch.from_numpy(left),
