@@ -15,7 +15,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, Callable, ClassVar
 
 import yaml
 
@@ -36,7 +36,9 @@ class ModelConfig:
     live in its subclass, in its package under minilm/models/, and are refused on a model of another family."""
 
     preset: str | None = None  # a name from a family's presets; its values sit under anything set explicitly
-    arch: str = "transformer"  # the family: "transformer", or a recurrent stack of "rnn", "lstm", "gru" or "sru"
+    # the family: "transformer", a recurrent stack of "rnn", "lstm", "gru" or "sru", or a tree-structured network,
+    # "tree_lstm", "tree_lstm_childsum" or "tree_rnn"
+    arch: str = "transformer"
     vocab_size: int = 0  # 0: take it from the tokenizer
     # the longest sequence read in one piece: a Transformer's position table; the training block of the others
     block_size: int = 256
@@ -50,6 +52,9 @@ class ModelConfig:
     init_from: str | None = None  # a minilm run directory or a local Hugging Face GPT-2/BERT/BART folder
 
     family: ClassVar[str] = ""  # the family's name, set by each subclass
+    # the model reads data.text_column as bracketed trees (the tree family): the data side checks each row's
+    # brackets, naming the file and row of a malformed one, writes them as binary brackets, and cuts none
+    reads_trees: ClassVar[bool] = False
 
     def validate(self) -> None:
         for name in ("block_size", "n_layer", "n_embd"):
@@ -61,6 +66,11 @@ class ModelConfig:
 
     def check(self, cfg: Config) -> None:
         """What this model needs of the other sections (a family adds its own checks)."""
+
+    def for_tokenizer(self, token_id: Callable[[str], int | None]) -> ModelConfig:
+        """The section with what it takes from the run's tokenizer (`token_id`: a token's id, or None) besides
+        vocab_size: nothing, unless a family reads some tokens itself (the tree family, its brackets)."""
+        return self
 
     def default_task(self) -> str:
         """The task a config that names none trains: the model's own pretraining."""

@@ -62,6 +62,8 @@ def encode_table(ds: datasets.Dataset, tok: Tokenizer, cfg: Config, labels: list
                                 "fine-tune from a run with a BPE or WordPiece tokenizer")
             ea = [e.ids for e in tok.encode_batch(a, add_special_tokens=False)]
             eb = [e.ids for e in tok.encode_batch(b, add_special_tokens=False)] if b else [None] * len(a)
+            if cfg.model.reads_trees:
+                _check_tree_lengths(ea, max_len, what)
             ids = [_join_gpt(x, y, eot, max_len) for x, y in zip(ea, eb)]
             seg = [[0] * len(x) for x in ids]
         out = {"input_ids": ids, "segment_ids": seg}
@@ -73,6 +75,14 @@ def encode_table(ds: datasets.Dataset, tok: Tokenizer, cfg: Config, labels: list
     if len(out) == 0:
         raise DataError(f"{what} has no examples: give a file with labelled rows")
     return out
+
+
+def _check_tree_lengths(ids: list[list[int]], max_len: int, what: str) -> None:
+    """A tree is read whole: cutting it at model.block_size would leave brackets open."""
+    longest = max(map(len, ids), default=0)
+    if longest > max_len:
+        raise DataError(f"{what} has a tree of {longest} tokens, more than model.block_size={max_len}, and a tree "
+                        f"cannot be cut: set model.block_size={longest} or more")
 
 
 def _join_gpt(a: list[int], b: list[int] | None, eot: int | None, max_len: int) -> list[int]:

@@ -2,6 +2,7 @@
 
     transformer   GPT, BERT and the encoder-decoder: one Block, embeddings -> blocks -> final norm
     recurrent     RNN / LSTM / GRU / SRU stacks, one or two directions, with attention encoder-decoders
+    tree          recursive networks (Tree-RNN, Tree-LSTM) over bracketed trees, composed level by level
 
 A family declares its config, task models, decoding, carried state and Hugging Face adapters in one `Family`
 record (models/family.py). Everything outside a family's package reaches it through the functions below, never
@@ -75,7 +76,7 @@ def decoder(model: torch.nn.Module, rows: int, use_cache: bool = True, source: t
     return family.decoder(model, rows, use_cache, source, source_mask)
 
 
-from minilm.models import recurrent, transformer  # noqa: E402  (the families use the records above)
+from minilm.models import recurrent, transformer, tree  # noqa: E402  (the families use the records above)
 
-for _family in (transformer.FAMILY, recurrent.FAMILY):
+for _family in (transformer.FAMILY, recurrent.FAMILY, tree.FAMILY):
     register(_family)

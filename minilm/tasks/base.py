@@ -146,9 +146,11 @@ def streamed_text(cfg: Config, tok: Tokenizer | None, source: Source | None) -> 
 
 
 def with_vocab(cfg: Config, model: ModelConfig, tok: Tokenizer) -> Config:
-    """cfg with `model` as its model section, its vocab_size taken from the tokenizer when unset."""
+    """cfg with `model` as its model section, its vocab_size taken from the tokenizer when unset (and whatever
+    else the model takes from it: ModelConfig.for_tokenizer)."""
     if not model.vocab_size:
         model = dataclasses.replace(model, vocab_size=tok.get_vocab_size())
+    model = model.for_tokenizer(tok.token_to_id)
     check_vocab(tok, model.vocab_size, "the tokenizer", "raise model.vocab_size or set it to 0 (take the tokenizer's)")
     return dataclasses.replace(cfg, model=model)
 

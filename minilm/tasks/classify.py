@@ -12,7 +12,7 @@ from tokenizers import Tokenizer
 from minilm.config import Config
 from minilm.data.batch import Shuffled
 from minilm.data.classify import PadCollator, encode_table, iter_table_texts, label_names, pad_id
-from minilm.data.tables import load_table, require_column, train_val_tables
+from minilm.data.tables import load_table, require_column, train_val_tables, tree_column
 from minilm.errors import ConfigError
 from minilm.models import family_of
 from minilm.tasks.base import Source, Task, TaskData, choose_tokenizer, resolve_model, with_vocab
@@ -56,7 +56,8 @@ def choose_pooling(cfg: Config, source: Source | None) -> str:
 
 
 def eval_data(cfg: Config, tok: Tokenizer, files: list[str]) -> tuple[datasets.Dataset, PadCollator]:
-    return encode_table(load_table(files, "--data"), tok, cfg, cfg.classify.labels, files[0]), collator(cfg, tok)
+    table = load_table(files, "--data", cfg.data.text_column if cfg.model.reads_trees else None)
+    return encode_table(table, tok, cfg, cfg.classify.labels, files[0]), collator(cfg, tok)
 
 
 def encode_texts(cfg: Config, tok: Tokenizer, rows: list[tuple[str, ...]]) -> datasets.Dataset:
@@ -64,7 +65,10 @@ def encode_texts(cfg: Config, tok: Tokenizer, rows: list[tuple[str, ...]]) -> da
     columns = {cfg.data.text_column: [r[0] for r in rows]}
     if cfg.classify.text_pair_column:
         columns[cfg.classify.text_pair_column] = [r[1] for r in rows]
-    return encode_table(datasets.Dataset.from_dict(columns), tok, cfg, None, "the input")
+    table = datasets.Dataset.from_dict(columns)
+    if cfg.model.reads_trees:
+        table = tree_column(table, cfg.data.text_column, [], "the input")
+    return encode_table(table, tok, cfg, None, "the input")
 
 
 def metrics(cfg: Config) -> tuple[str, ...]:
