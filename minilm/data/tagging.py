@@ -5,7 +5,7 @@ The words of a sentence are joined by spaces and tokenized as running text (so a
 was pretrained on), each token is mapped back to its word by its character offsets, and the first token of each word
 carries the word's label while the others carry the no-loss label (as transformers' token-classification examples
 do). A sentence with more tokens than the model's positions is split at word boundaries into pieces that fit, each
-tagged on its own; no word is ever cut off or dropped.
+tagged on its own; no word is dropped (one longer than the positions keeps its first tokens).
 """
 
 from __future__ import annotations
@@ -171,9 +171,9 @@ def encode_sentences(sentences: Sentences, tok: Tokenizer, max_len: int, labels:
     filler = tok.token_to_id(UNK) if tok.token_to_id(UNK) is not None else 0
     out, split = [], 0
     for i, enc in enumerate(tok.encode_batch(texts, add_special_tokens=False)):
-        ids, owner = _by_word(sentences.words[i], enc.ids, enc.offsets, filler)
+        ids, owner = _clip_words(*_by_word(sentences.words[i], enc.ids, enc.offsets, filler), budget)
         tags = [index[t] for t in sentences.labels[i]] if index is not None else None
-        pieces = _pieces(owner, budget, sentences.where[i], what)
+        pieces = _pieces(owner, budget)
         split += len(pieces) > 1
         for lo, hi in pieces:
             out.append(_example(ids[lo:hi], owner[lo:hi], tags, frame, i))
@@ -209,16 +209,26 @@ def _by_word(words: list[str], ids: list[int], offsets: list[tuple[int, int]], f
     return tokens, owner
 
 
-def _pieces(owner: list[int], budget: int, where: str, what: str) -> list[tuple[int, int]]:
-    """[lo, hi) token ranges of at most `budget` tokens, cut only where a word starts."""
+def _clip_words(ids: list[int], owner: list[int], budget: int) -> tuple[list[int], list[int]]:
+    """A word of more tokens than the model's positions (a long URL) keeps its first `budget` tokens: its label
+    sits on the first, the rest carry none."""
+    seen: dict[int, int] = {}
+    keep = []
+    for p, w in enumerate(owner):
+        seen[w] = seen.get(w, 0) + 1
+        if w < 0 or seen[w] <= budget:
+            keep.append(p)
+    return [ids[p] for p in keep], [owner[p] for p in keep]
+
+
+def _pieces(owner: list[int], budget: int) -> list[tuple[int, int]]:
+    """[lo, hi) token ranges of at most `budget` tokens, cut only where a word starts (or a space token
+    between words, so that no word's tokens straddle a cut)."""
     if len(owner) <= budget:
         return [(0, len(owner))]
     starts = [p for p in range(len(owner)) if owner[p] >= 0 and (p == 0 or owner[p - 1] != owner[p])] + [len(owner)]
     pieces, lo = [], 0
     for a, b in zip(starts, starts[1:]):
-        if b - a > budget:
-            raise DataError(f"{what}, {where}: one word is {b - a} tokens long, more than the model's positions "
-                            f"hold ({budget}): split the word, or use a model with a longer model.block_size")
         if b - lo > budget:
             pieces.append((lo, a))
             lo = a
