@@ -1,7 +1,8 @@
-"""`python -m bench.equal_time CONFIG[:OVERRIDE,...] ...`: language models at equal wall time, the README's
-recurrent table. Each config first trains a 60-step probe; its steps/s (from the last logged window) x the budget
-sets train.max_steps, so that its cosine schedule ends at the budget; then the real run, one evaluation at the
-end. One run at a time: nothing else should share the CPU."""
+"""`python -m bench.equal_time CONFIG[:OVERRIDE,...] ...`: models at equal wall time (the README's recurrent and
+ListOps tables). Each config first trains a probe (60 steps); its steps/s (over its logged steps after the first
+window) x the budget sets train.max_steps, so that its cosine schedule ends at the budget; then the real run,
+evaluated at the end (or `--evals` times, evenly: a learning curve against the run's wall time). One run at a
+time: nothing else should share the CPU."""
 
 from __future__ import annotations
 
@@ -32,27 +33,34 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("configs", nargs="+", help="CONFIG or CONFIG:key=value,key=value")
     p.add_argument("--seconds", type=float, default=240.0, help="the training budget of each model")
     p.add_argument("--out", default=None, help="keep the run directories here (default: a temporary folder)")
+    p.add_argument("--probe-steps", type=int, default=60, help="steps of the probe that measures steps/s")
+    p.add_argument("--evals", type=int, default=1, help="evaluations over each run (the last at its end)")
+    p.add_argument("--metric", default="val_loss", help="the validation metric to show (default val_loss)")
     args = p.parse_args(argv)
     root = Path(args.out or tempfile.mkdtemp(prefix="equal-time-"))
-    print("| config | steps/s (probe) | steps | wall s | validation loss |\n|---|---:|---:|---:|---:|", flush=True)
+    print(f"| config | steps/s (probe) | steps | wall s | {args.metric} |\n|---|---:|---:|---:|---:|", flush=True)
+    curves = []
     for i, spec in enumerate(args.configs):
         config, _, extra = spec.partition(":")
         overrides = [o for o in extra.split(",") if o]
         probe = root / f"{i}-probe"
-        _train(config, [*overrides, "train.max_steps=60", "train.eval_interval=60", "train.eval_batches=1",
-                        "log.log_interval=20"], probe)
-        rate = _records(probe, "train")[-1]["tokens_per_s"] / _batch_tokens(probe)
-        steps = max(int(rate * args.seconds), 60)
+        n = args.probe_steps
+        _train(config, [*overrides, f"train.max_steps={n}", f"train.eval_interval={n}", "train.eval_batches=1",
+                        f"log.log_interval={max(n // 3, 1)}"], probe)
+        logged = _records(probe, "train")  # three windows: the first holds the start-up
+        rate = (logged[-1]["step"] - logged[0]["step"]) / (logged[-1]["seconds"] - logged[0]["seconds"])
+        steps = max(int(rate * args.seconds), n)
         run = root / f"{i}-run"
-        wall = _train(config, [*overrides, f"train.max_steps={steps}", f"train.eval_interval={steps}"], run)
-        loss = _records(run, "val")[-1]["val_loss"]
-        print(f"| {spec} | {rate:.1f} | {steps:,} | {wall:.0f} | {loss:.3f} |", flush=True)
+        interval = max(steps // max(args.evals, 1), 1)
+        wall = _train(config, [*overrides, f"train.max_steps={steps}", f"train.eval_interval={interval}"], run)
+        vals = _records(run, "val")
+        print(f"| {spec} | {rate:.1f} | {steps:,} | {wall:.0f} | {vals[-1][args.metric]:.3f} |", flush=True)
+        curves.append((spec, [(r["seconds"] / 60, r[args.metric]) for r in vals]))
+    if args.evals > 1:
+        print(f"\n{args.metric} against the run's minutes:")
+        for spec, points in curves:
+            print(f"- {spec}: " + ", ".join(f"{m:.1f} min {v:.3f}" for m, v in points))
     print(f"run directories in {root}")
-
-
-def _batch_tokens(run: Path) -> int:
-    cfg = json.loads((run / "config.json").read_text(encoding="utf-8"))
-    return cfg["train"]["batch_size"] * cfg["model"]["block_size"]
 
 
 if __name__ == "__main__":

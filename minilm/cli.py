@@ -107,6 +107,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     import torch
     from accelerate import Accelerator
 
+    from minilm.data.batch import ByLength
     from minilm.data.seq2seq import References, end_id
     from minilm.evaluation import decoded_metrics, evaluate
     from minilm.metrics import format_labels
@@ -137,7 +138,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
     cfg = dataclasses.replace(cfg, data=data, classify=cl)
     examples, collate = task.eval_data(cfg, tok, [args.data])
     check_rows("--batch-size", max(1, min(args.batch_size, len(examples))), cfg, args.device)
-    loader = torch.utils.data.DataLoader(examples, batch_size=args.batch_size, collate_fn=collate)
+    # examples of varying length longest first: each batch pads to lengths close to its own (no metric depends
+    # on the order); a language model's blocks are all of one length
+    ordered = examples if task.prepared else ByLength(examples)
+    loader = torch.utils.data.DataLoader(ordered, batch_size=args.batch_size, collate_fn=collate)
     accelerator = Accelerator(cpu=args.device == "cpu")
     result = evaluate(model, loader, accelerator, perplexity=task.perplexity, spans=task.spans(cfg))
     if task.encoder_decoder:  # scored on what it decodes, against all the targets of each source

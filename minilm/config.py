@@ -169,6 +169,9 @@ class DataConfig:
     mlm_probability: float = 0.15  # share of real tokens chosen for prediction (80 % [MASK], 10 % random, 10 % kept)
     nsp: bool = True  # sentence pairs with next-sentence prediction; false: plain packed blocks, MLM only
     short_seq_prob: float = 0.1  # share of NSP examples built shorter than the block, as BERT's data builder does
+    # classify / tag / seq2seq: batches of examples of close lengths (sorted within windows of 64 shuffled
+    # batches, the batches then shuffled), so little of a batch is padding: far faster where lengths vary widely
+    group_by_length: bool = False
 
     def validate(self) -> None:
         check_field(0.0 < self.mlm_probability < 1.0, "data.mlm_probability", "a number strictly between 0 and 1", self.mlm_probability)
@@ -341,6 +344,9 @@ class Config:
         if self.data.streaming and self.train.epochs:
             raise ConfigError("train.epochs needs the data's length, which a stream does not have: set train.max_steps "
                               "instead, or data.streaming=false")
+        if self.data.group_by_length and self.train.task in ("causal_lm", "masked_lm"):
+            raise ConfigError(f"data.group_by_length groups examples of different lengths, and train.task="
+                              f"{self.train.task} trains on blocks of one length: set it to false")
         if self.train.tbptt and (self.train.task != "causal_lm" or self.data.streaming):
             raise ConfigError("train.tbptt carries a recurrent LM's state from block to block: it needs "
                               "train.task=causal_lm and data.streaming=false")

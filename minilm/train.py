@@ -342,8 +342,7 @@ def log_train(session: Session, bar: tqdm, skipped: int) -> None:
     loss = acc.reduce(meter.loss_sum / meter.loss_count.clamp(min=1), "mean").item()
     tok_s = acc.reduce(meter.tokens, "sum").item() / seconds
     record = {"split": "train", "step": step, "loss": loss, "lr": lr_at(step - 1, session.cfg.train),
-              "tokens_per_s": tok_s,
-              "skipped_steps": skipped}
+              "tokens_per_s": tok_s, "skipped_steps": skipped, "seconds": run_seconds(session)}
     shown = {"loss": f"{loss:.4f}", "tok_s": f"{tok_s:,.0f}"}
     if session.peak_flops:
         record["mfu"] = acc.reduce(meter.flops, "sum").item() / seconds / (session.peak_flops * acc.num_processes)
@@ -352,6 +351,11 @@ def log_train(session: Session, bar: tqdm, skipped: int) -> None:
     acc.log({k: v for k, v in record.items() if k != "split"}, step=step)
     bar.set_postfix(**shown)
     meter.restart(losses=True)
+
+
+def run_seconds(session: Session) -> float:
+    """The run's wall time so far, its sessions before a resume included: learning curves against time."""
+    return round(session.progress.seconds + time.perf_counter() - session.started, 2)
 
 
 def check_skipped(session: Session, total: int) -> None:
@@ -385,7 +389,7 @@ def evaluate_and_save(session: Session) -> tuple[Evaluation, bool]:
     limit = 0 if last else session.cfg.seq2seq.decode_examples
     if references is not None and (last or limit):  # what the model decodes, greedily: all sources at the end
         ev.metrics.update(decoded_metrics(session.model, references, acc, limit))
-    session.run.metrics.write({"split": "val", "step": progress.step, **ev.metrics})
+    session.run.metrics.write({"split": "val", "step": progress.step, **ev.metrics, "seconds": run_seconds(session)})
     acc.log(ev.metrics, step=progress.step)
     tqdm_write(acc, f"step {progress.step}: " + ", ".join(f"{k} {v:.4f}" for k, v in ev.metrics.items()))
     better = improved(tc.best_metric, ev.metrics, progress.best)

@@ -4,6 +4,7 @@ run, Hugging Face parity of an exported classifier, and the finetune / eval / cl
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import math
@@ -23,7 +24,7 @@ from minilm.run import load_run, read_config
 from minilm.config import config_from_dict
 from minilm.data import classify as cls_data
 from minilm.data import tables
-from minilm.errors import CheckpointError, DataError
+from minilm.errors import CheckpointError, ConfigError, DataError
 from minilm.models.transformer.heads import CausalLM, Classifier, MaskedLM
 from minilm.metrics import classification_metrics, confusion, format_confusion
 from minilm.models import HeadConfig, build_model
@@ -473,6 +474,42 @@ def test_saved_weights_are_the_best_evaluation(trec_run, trec_files):
     assert got["val_accuracy"] == pytest.approx(best["val_accuracy"], abs=1e-9)
     assert got["val_loss"] == pytest.approx(best["val_loss"], abs=1e-5)
     assert matrix.shape == (6, 6) and matrix.sum() == 300
+
+
+def test_grouped_order_is_a_seeded_permutation_of_close_lengths():
+    from minilm.data.batch import Shuffled
+
+    rng = np.random.default_rng(0)
+    rows = [{"input_ids": [1] * int(n)} for n in rng.integers(1, 400, size=1000)]
+    lengths = np.array([len(r["input_ids"]) for r in rows])
+    plain = Shuffled(rows, seed=3)
+    assert (plain.order == np.random.default_rng([3, 0]).permutation(1000)).all()  # unchanged without grouping
+
+    def padded(order: np.ndarray) -> int:  # tokens a batch of 16 pads to, summed over the whole batches
+        return sum(int(lengths[b].max()) * 16 for b in order[:992].reshape(-1, 16))
+
+    grouped = Shuffled(rows, seed=3, batch=16)
+    first = grouped.order.copy()
+    assert sorted(first) == list(range(1000))  # every example once
+    real = lambda order: int(lengths[order[:992]].sum())  # noqa: E731
+    assert padded(first) < 1.1 * real(first) and padded(plain.order) > 1.5 * real(plain.order)  # padding: ~4 %, ~85 %
+    assert (Shuffled(rows, seed=3, batch=16).order == first).all()  # the same (seed, epoch), the same order
+    grouped.set_epoch(1)
+    assert sorted(grouped.order) == list(range(1000)) and (grouped.order != first).any()
+    starts = [int(lengths[first[i * 16]]) for i in range(62)]
+    assert starts != sorted(starts, reverse=True)  # the batches are shuffled, not longest first
+
+
+def test_group_by_length_trains_and_times_its_evaluations(tmp_path, trec_files):
+    from minilm.train import train
+
+    cfg = _trec_cfg(tmp_path / "run", *trec_files, epochs=2, eval_batches=3)
+    result = train(dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, group_by_length=True)))
+    assert result["val_accuracy"] > 0.4  # majority ~0.29
+    val = [r for r in read_metrics(tmp_path / "run") if r["split"] == "val"]
+    assert [r["step"] for r in val] == [46, 92] and 0 < val[0]["seconds"] < val[1]["seconds"]
+    with pytest.raises(ConfigError, match="data.group_by_length"):
+        config_from_dict({"data": {"train_files": ["x.txt"], "group_by_length": True}, "train": {"task": "causal_lm"}})
 
 
 def test_early_stopping_stops_when_nothing_improves(tmp_path, trec_files, capsys):

@@ -14,14 +14,58 @@ class Shuffled(torch.utils.data.Dataset):
 
     Not accelerate's seedable sampler: it seeds epoch e with seed + e, so runs whose seeds differ by k see the same
     orders k epochs apart; numpy's SeedSequence([seed, epoch]) keeps every (seed, epoch) apart, and the orders the
-    measured results came from."""
+    measured results came from.
 
-    def __init__(self, data: torch.utils.data.Dataset, seed: int):
-        self.data, self.seed = data, seed
+    With `batch` > 0 the order is grouped by length (transformers' group_by_length, Trainer's sampler): the
+    shuffled examples are sorted by length within windows of WINDOW batches, cut into batches of `batch`, and
+    the batches shuffled, so a batch pads to a length close to its own examples' while the batches still come
+    in a random order."""
+
+    WINDOW = 64  # batches per sorted window: wide enough to find close lengths, narrow enough to stay random
+
+    def __init__(self, data: torch.utils.data.Dataset, seed: int, batch: int = 0):
+        self.data, self.seed, self.batch = data, seed, batch
+        self.lengths = example_lengths(data) if batch else None
         self.set_epoch(0)
 
     def set_epoch(self, epoch: int) -> None:
-        self.order = np.random.default_rng([self.seed, epoch]).permutation(len(self.data))
+        rng = np.random.default_rng([self.seed, epoch])
+        order = rng.permutation(len(self.data))
+        self.order = grouped(order, self.lengths, self.batch, rng) if self.batch else order
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitem__(self, i: int) -> dict:
+        return self.data[int(self.order[i])]
+
+
+def grouped(order: np.ndarray, lengths: np.ndarray, batch: int, rng: np.random.Generator) -> np.ndarray:
+    """`order` sorted by length (longest first) within windows of Shuffled.WINDOW batches, its whole batches
+    then shuffled; a last part batch stays last (a loader with drop_last drops it)."""
+    window = batch * Shuffled.WINDOW
+    parts = [order[i:i + window] for i in range(0, len(order), window)]
+    order = np.concatenate([p[np.argsort(-lengths[p], kind="stable")] for p in parts])
+    whole = len(order) // batch * batch
+    batches = order[:whole].reshape(-1, batch)  # (batches, batch)
+    return np.concatenate([batches[rng.permutation(len(batches))].reshape(-1), order[whole:]])
+
+
+def example_lengths(data: torch.utils.data.Dataset) -> np.ndarray:
+    """Tokens per example: input_ids plus target_ids where an example has them (seq2seq)."""
+    columns = getattr(data, "column_names", None)
+    if columns is not None:  # a datasets.Dataset: read whole columns, not row by row
+        return sum(np.fromiter((len(r) for r in data[c]), dtype=np.int64, count=len(data))
+                   for c in ("input_ids", "target_ids") if c in columns)
+    return np.array([len(e["input_ids"]) + len(e.get("target_ids", ())) for e in data], dtype=np.int64)
+
+
+class ByLength(torch.utils.data.Dataset):
+    """The examples longest first: a whole-set evaluation pads each batch to lengths close to its own (the order
+    of the examples changes no metric)."""
+
+    def __init__(self, data: torch.utils.data.Dataset):
+        self.data, self.order = data, np.argsort(-example_lengths(data), kind="stable")
 
     def __len__(self) -> int:
         return len(self.data)

@@ -11,6 +11,7 @@ import torch
 from tokenizers import Tokenizer
 
 from minilm.config import Config, ModelConfig
+from minilm.data.batch import Shuffled
 from minilm.data.pieces import sample_texts
 from minilm.data.prepared import Prepared, prepare
 from minilm.data.seq2seq import References
@@ -44,6 +45,15 @@ class TaskData:
     val_collate: Collate | None = None  # batches the validation examples
     init_state: Weights | None = None  # weights from model.init_from, for the parts this task keeps
     references: References | None = None  # seq2seq: the validation sources with all their targets, to decode
+
+
+def ordered(cfg: Config, train: torch.utils.data.Dataset,
+            val: torch.utils.data.Dataset) -> tuple[Shuffled, torch.utils.data.Dataset]:
+    """The training examples in a new seeded order each epoch. With data.group_by_length both sets come in
+    batches of close lengths, validation in one fixed such order (so a train.eval_batches subset is a random
+    one, not the longest examples)."""
+    batch = cfg.train.batch_size if cfg.data.group_by_length else 0
+    return Shuffled(train, cfg.train.seed, batch), Shuffled(val, cfg.train.seed, batch) if batch else val
 
 
 @dataclass(frozen=True)

@@ -10,12 +10,11 @@ import datasets
 from tokenizers import Tokenizer
 
 from minilm.config import Config
-from minilm.data.batch import Shuffled
 from minilm.data.classify import PadCollator, encode_table, iter_table_texts, label_names, pad_id
 from minilm.data.tables import load_table, require_column, train_val_tables, tree_column
 from minilm.errors import ConfigError
 from minilm.models import family_of
-from minilm.tasks.base import Source, Task, TaskData, choose_tokenizer, resolve_model, with_vocab
+from minilm.tasks.base import Source, Task, TaskData, choose_tokenizer, ordered, resolve_model, with_vocab
 
 
 def collator(cfg: Config, tok: Tokenizer) -> PadCollator:
@@ -40,7 +39,7 @@ def prepare(cfg: Config, tok: Tokenizer | None, source: Source | None) -> TaskDa
     train = encode_table(train_tab, tok, cfg, labels, "data.train_files")
     val = encode_table(val_tab, tok, cfg, labels, "data.val_files")
     collate = collator(cfg, tok)
-    return TaskData(cfg, tok, Shuffled(train, cfg.train.seed), val, collate, collate, state)
+    return TaskData(cfg, tok, *ordered(cfg, train, val), collate, collate, state)
 
 
 def choose_pooling(cfg: Config, source: Source | None) -> str:

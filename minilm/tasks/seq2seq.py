@@ -8,11 +8,10 @@ import datasets
 from tokenizers import Tokenizer
 
 from minilm.config import Config
-from minilm.data.batch import Shuffled
 from minilm.data.tables import load_table, train_val_tables
 from minilm.data.seq2seq import PairCollator, References, encode_pairs, end_id, table_texts
 from minilm.errors import ConfigError
-from minilm.tasks.base import Source, Task, TaskData, choose_tokenizer, resolve_model, with_vocab
+from minilm.tasks.base import Source, Task, TaskData, choose_tokenizer, ordered, resolve_model, with_vocab
 
 
 def prepare(cfg: Config, tok: Tokenizer | None, source: Source | None) -> TaskData:
@@ -26,7 +25,7 @@ def prepare(cfg: Config, tok: Tokenizer | None, source: Source | None) -> TaskDa
     train = encode_pairs(train_tab, tok, cfg, "data.train_files")
     val = encode_pairs(val_tab, tok, cfg, "data.val_files" if cfg.data.val_files else "the validation rows")
     collate = PairCollator(end_id(tok))
-    return TaskData(cfg, tok, Shuffled(train, cfg.train.seed), val, collate, collate,
+    return TaskData(cfg, tok, *ordered(cfg, train, val), collate, collate,
                     source.state if source else None, references=References.of(val, end_id(tok)))
 
 

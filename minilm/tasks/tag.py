@@ -11,13 +11,12 @@ import torch
 from tokenizers import Tokenizer
 
 from minilm.config import Config
-from minilm.data.batch import Shuffled
 from minilm.data.classify import pad_id
 from minilm.data.tagging import Sentences, TagCollator, encode_sentences, label_names, read_tagged
 from minilm.errors import ConfigError
 from minilm.metrics import is_chunk_scheme
 from minilm.models import family_of
-from minilm.tasks.base import Source, Task, TaskData, choose_tokenizer, resolve_model, with_vocab
+from minilm.tasks.base import Source, Task, TaskData, choose_tokenizer, ordered, resolve_model, with_vocab
 
 SPAN_METRICS = ("span_precision", "span_recall", "span_f1")
 
@@ -46,7 +45,7 @@ def prepare(cfg: Config, tok: Tokenizer | None, source: Source | None) -> TaskDa
     collate = TagCollator(pad_id(tok))
     train_set = encode(cfg, tok, train, labels, "data.train_files")
     val_set = encode(cfg, tok, val, labels, "data.val_files")
-    return TaskData(cfg, tok, Shuffled(train_set, cfg.train.seed), val_set, collate, collate, state)
+    return TaskData(cfg, tok, *ordered(cfg, train_set, val_set), collate, collate, state)
 
 
 def encode(cfg: Config, tok: Tokenizer, sentences: Sentences, labels: list[str] | None, what: str) -> list[dict]:
