@@ -278,7 +278,7 @@ class TrainConfig:
     eval_interval: int = 250  # steps between evaluations and checkpoints
     save_interval: int = 0  # also checkpoint every this many steps without evaluating (0: only at evaluations)
     eval_batches: int = 0  # batches per evaluation; 0 means the whole validation set
-    mixed_precision: str = "auto"  # "auto" (bf16 on a GPU that has it, else fp32), "no", "bf16", "fp16"
+    mixed_precision: str = "auto"  # "auto" (bf16 where it pays: minilm/precision.py), "no", "bf16", "fp16"
     compile: bool = False  # torch.compile the model
     resume: bool = False  # continue the run in out_dir exactly where it stopped
     best_metric: str | None = None  # e.g. "val_accuracy" or "val_loss": model.safetensors keeps the best evaluation

@@ -49,6 +49,7 @@ class Progress:
     since_best: int = 0  # evaluations since it last improved (early stopping)
     skipped: int = 0  # steps skipped for a non-finite loss or gradient
     seconds: float = 0.0  # wall time spent training (over all sessions), up to this checkpoint
+    precision: str | None = None  # the mixed precision the run trains in (accelerate's name), kept on resume
 
     @classmethod
     def read(cls, state: Path) -> Progress:

@@ -33,6 +33,8 @@ from minilm.metrics import format_labels
 from minilm.models import build_model, count_params, family_of
 from minilm.models.outputs import CarriedState
 from minilm.optim import lr_at, make_optimizer, skip_step_if
+from minilm.precision import choose as choose_precision
+from minilm.precision import resumed as resumed_precision
 from minilm.report import device_peak_flops, flat_config, peak_memory_mb, plot_losses, trackers, training_flops
 from minilm.run import Progress, RunDir
 from minilm.stopping import StopSignals
@@ -47,9 +49,12 @@ def train(cfg: Config) -> dict[str, float]:
     task.check(cfg)  # an impossible task or best_metric is refused before any work
     run = RunDir(cfg.train.out_dir)
     run.check(cfg.train.resume)  # never touch another run's directory
+    precision = choose_precision(cfg)
     if cfg.train.resume:
         cfg = run.resumed_config(cfg)
-    accelerator = make_accelerator(cfg)
+        precision = resumed_precision(cfg, Progress.read(run.state_dir()).precision, precision)
+    accelerator = make_accelerator(cfg, precision[0])
+    accelerator.print(f"precision: {precision[1]}")
     session, bar = None, None
     try:
         session = set_up(cfg, task, run, accelerator)
@@ -163,7 +168,7 @@ def check_fits(cfg: Config, accelerator: Accelerator) -> None:
                           f"{accelerator.device}: make model.n_embd, n_layer, block_size or the vocabulary smaller")
 
 
-def make_accelerator(cfg: Config) -> Accelerator:
+def make_accelerator(cfg: Config, mixed: str) -> Accelerator:
     tc = cfg.train
     cpus = os.cpu_count() or 1
     if tc.threads > cpus:  # more threads than CPUs only slow torch down (and a huge number cannot be started)
@@ -171,9 +176,6 @@ def make_accelerator(cfg: Config) -> Accelerator:
                           "torch's default)")
     if tc.threads:
         torch.set_num_threads(tc.threads)
-    mixed = tc.mixed_precision
-    if mixed == "auto":  # bf16 autocast is far slower than fp32 on most CPUs
-        mixed = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
     accelerator = Accelerator(
         mixed_precision=mixed,
         gradient_accumulation_plugin=GradientAccumulationPlugin(num_steps=tc.grad_accum, sync_with_dataloader=False),
@@ -220,6 +222,7 @@ def set_up(cfg: Config, task: Task, run: RunDir, accelerator: Accelerator) -> Se
         cfg = dataclasses.replace(data.cfg, train=with_epochs(tc, len(train_loader)))
     run.metrics.enabled = main
     progress = run.load_state(accelerator) if tc.resume else Progress()
+    progress.precision = accelerator.mixed_precision  # kept by a resume
     if streamed and tc.resume:
         data.train.position = run.stream_position(accelerator)
     carry = family.state_from_tensors(run.carried_state(accelerator), accelerator.device) if lanes and tc.resume \

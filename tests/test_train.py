@@ -138,9 +138,9 @@ def test_resume_after_interruption_is_exact(resume_data, tmp_path, monkeypatch):
     assert sorted(b) == list(range(1, 13))  # each step logged once: no repeats after the resume
     for step in range(1, 13):
         assert a[step] == b[step], step
-    val_a = [r for r in read_metrics(tmp_path / "a") if r["split"] == "val"]
-    val_b = [r for r in read_metrics(tmp_path / "b") if r["split"] == "val"]
-    assert val_a == val_b
+    val_a = [{k: v for k, v in r.items() if k != "seconds"} for r in read_metrics(tmp_path / "a") if r["split"] == "val"]
+    val_b = [{k: v for k, v in r.items() if k != "seconds"} for r in read_metrics(tmp_path / "b") if r["split"] == "val"]
+    assert val_a == val_b  # all but the wall time
     assert_same_weights(tmp_path / "a", tmp_path / "b")
     pa = json.loads((tmp_path / "a" / "state" / "progress.json").read_text())
     pb = json.loads((tmp_path / "b" / "state" / "progress.json").read_text())
@@ -430,3 +430,48 @@ def test_a_run_killed_before_its_first_checkpoint_starts_again(make_cfg, tmp_pat
     steps = [r["step"] for r in read_metrics(early) if r["split"] == "train"]
     assert steps == sorted(steps) and 9.0 not in [r.get("loss") for r in read_metrics(early)]
     assert (early / "state" / "progress.json").is_file()
+
+
+# ---------------------------------------------------------------------------------------------
+# train.mixed_precision=auto: bf16 autocast on a CPU only where it pays; a resumed run keeps its precision
+
+
+@pytest.mark.parametrize("flags,arch,width,expected", [
+    ({"avx2"}, "transformer", 384, "no"),  # no AMX: fp32 whatever the model
+    ({"amx_bf16", "amx_tile"}, "transformer", 384, "bf16"),
+    ({"amx_bf16", "amx_tile"}, "transformer", 256, "bf16"),
+    ({"amx_bf16", "amx_tile"}, "transformer", 128, "no"),  # the default character model: no faster in bf16
+    ({"amx_bf16", "amx_tile"}, "lstm", 384, "no"),  # measured for Transformers only
+])
+def test_auto_precision_on_a_cpu(monkeypatch, flags, arch, width, expected):
+    from minilm import precision
+
+    monkeypatch.setattr(precision, "cpu_flags", lambda: flags)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    extra = [f"model.arch={arch}", f"model.n_embd={width}"] + (["model.n_head=4"] if arch == "transformer" else [])
+    cfg = load_config(None, ["data.train_files=x.txt", *extra])
+    chosen, why = precision.choose(cfg)
+    assert chosen == expected and why.startswith("bf16" if expected == "bf16" else "fp32"), why
+    forced = load_config(None, ["data.train_files=x.txt", *extra, "train.mixed_precision=bf16"])
+    assert precision.choose(forced) == ("bf16", "train.mixed_precision=bf16")
+
+
+def test_bf16_cpu_run_trains_resumes_exactly_and_keeps_its_precision(shakespeare_file, tmp_path):
+    """In child processes: accelerate fixes a process's precision at its first Accelerator. A constant learning
+    rate after warmup, so that stopping at max_steps=8 and resuming to 12 equals one 12-step run."""
+    def args(out, *extra):
+        constant = ("train.lr=3e-3", "train.min_lr=3e-3")
+        return ("train", str(TINY_YAML), *tiny_overrides(shakespeare_file, tmp_path / out, *RESUME, *constant, *extra))
+
+    a, b = run_cli_many([args("a", "train.mixed_precision=bf16"),
+                         args("b", "train.mixed_precision=bf16", "train.max_steps=8", "train.eval_interval=4")])
+    assert a.returncode == 0 and b.returncode == 0, a.stderr[-2000:] + b.stderr[-2000:]
+    assert "precision: train.mixed_precision=bf16" in a.stdout
+    assert json.loads((tmp_path / "b" / "state" / "progress.json").read_text())["precision"] == "bf16"
+    refused, resumed = run_cli_many([args("b", "train.resume=true", "train.mixed_precision=no"),
+                                     args("b", "train.resume=true")], parallel=1)
+    assert refused.returncode != 0 and "started with mixed precision 'bf16'" in refused.stderr
+    assert resumed.returncode == 0 and "precision: bf16, as the run started" in resumed.stdout, resumed.stderr[-2000:]
+    la, lb = train_losses(tmp_path / "a"), train_losses(tmp_path / "b")
+    assert la == lb and la[12] < la[1]
+    assert_same_weights(tmp_path / "a", tmp_path / "b")
