@@ -9,7 +9,21 @@ from torch.nn.utils.rnn import pad_sequence
 IGNORE = -100  # label value that carries no loss (PyTorch's cross_entropy ignore_index default)
 
 
-class Shuffled(torch.utils.data.Dataset):
+class Reordered(torch.utils.data.Dataset):
+    """`data` read in the order `self.order` (set by the subclass)."""
+
+    def __init__(self, data: torch.utils.data.Dataset):
+        self.data = data
+        self.order = np.arange(len(data))
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitem__(self, i: int) -> dict:
+        return self.data[int(self.order[i])]
+
+
+class Shuffled(Reordered):
     """A seeded new order each epoch; the same (seed, epoch) always gives the same order, so resume is exact.
 
     Not accelerate's seedable sampler: it seeds epoch e with seed + e, so runs whose seeds differ by k see the same
@@ -24,7 +38,8 @@ class Shuffled(torch.utils.data.Dataset):
     WINDOW = 64  # batches per sorted window: wide enough to find close lengths, narrow enough to stay random
 
     def __init__(self, data: torch.utils.data.Dataset, seed: int, batch: int = 0):
-        self.data, self.seed, self.batch = data, seed, batch
+        super().__init__(data)
+        self.seed, self.batch = seed, batch
         self.lengths = example_lengths(data) if batch else None
         self.set_epoch(0)
 
@@ -32,12 +47,6 @@ class Shuffled(torch.utils.data.Dataset):
         rng = np.random.default_rng([self.seed, epoch])
         order = rng.permutation(len(self.data))
         self.order = grouped(order, self.lengths, self.batch, rng) if self.batch else order
-
-    def __len__(self) -> int:
-        return len(self.data)
-
-    def __getitem__(self, i: int) -> dict:
-        return self.data[int(self.order[i])]
 
 
 def grouped(order: np.ndarray, lengths: np.ndarray, batch: int, rng: np.random.Generator) -> np.ndarray:
@@ -60,18 +69,13 @@ def example_lengths(data: torch.utils.data.Dataset) -> np.ndarray:
     return np.array([len(e["input_ids"]) + len(e.get("target_ids", ())) for e in data], dtype=np.int64)
 
 
-class ByLength(torch.utils.data.Dataset):
+class ByLength(Reordered):
     """The examples longest first: a whole-set evaluation pads each batch to lengths close to its own (the order
     of the examples changes no metric)."""
 
     def __init__(self, data: torch.utils.data.Dataset):
-        self.data, self.order = data, np.argsort(-example_lengths(data), kind="stable")
-
-    def __len__(self) -> int:
-        return len(self.data)
-
-    def __getitem__(self, i: int) -> dict:
-        return self.data[int(self.order[i])]
+        super().__init__(data)
+        self.order = np.argsort(-example_lengths(data), kind="stable")
 
 
 def pad_examples(examples: list[dict], pad_id: int, left: bool = False) -> dict[str, torch.Tensor]:
