@@ -54,10 +54,10 @@ def train(cfg: Config) -> dict[str, float]:
         cfg = run.resumed_config(cfg)
         precision = resumed_precision(cfg, Progress.read(run.state_dir()).precision, precision)
     accelerator = make_accelerator(cfg, precision[0])
-    accelerator.print(f"precision: {precision[1]}")
     session, bar = None, None
     try:
         session = set_up(cfg, task, run, accelerator)
+        accelerator.print(f"precision: {precision[1]}")  # once the data and model are known to be good
         signals = StopSignals()
         tc, progress = session.cfg.train, session.progress
         bar = tqdm(total=tc.max_steps, initial=progress.step, disable=not accelerator.is_main_process,
