@@ -309,4 +309,4 @@ def test_each_recurrent_recipe_file_is_its_readme_command(name, capsys):
     root = TINY_YAML.parent
     assert load_config(root / f"{name}.yaml") == load_config(root / f"{base}.yaml", overrides.split())
     header = (root / f"{name}.yaml").read_text().split("\nmodel:")[0]
-    assert ("not yet measured" in header) == (name == "g2p-sru")  # each other recipe states its measured result
+    assert "not yet measured" not in header and "measured" in header.lower()  # each recipe states its measured result
