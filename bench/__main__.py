@@ -37,7 +37,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=None, help="untimed repetitions per side first (default 2; --quick 1)")
     p.add_argument("--steps", type=int, default=None,
                    help="optimizer steps per repetition in the training workloads (default 3; --quick 2)")
-    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="cpu: fp32; cuda: bf16 autocast")
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    p.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
+                   help="both sides alike: fp32, or bf16 autocast (weights fp32); auto: bf16 on cuda, fp32 on cpu")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's own choice)")
     p.add_argument("--compile", choices=("auto", "yes", "no"), default="auto",
                    help="torch.compile both sides (auto: on a GPU only)")
@@ -70,7 +72,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.device == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True  # as minilm trains
     s = Settings(device=torch.device(args.device), repeats=args.repeats, warmup=args.warmup, steps=args.steps,
-                 quick=args.quick, compile=compile_, profile=args.profile)
+                 quick=args.quick, compile=compile_, profile=args.profile,
+                 bf16=None if args.precision == "auto" else args.precision == "bf16")
     from bench.common import render
 
     runners = _runners()

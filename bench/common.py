@@ -31,6 +31,7 @@ class Settings:
     compile: bool = False  # torch.compile both sides' forward
     profile: int = 0  # > 0: after timing, profile one more repetition per side and keep its top ops
     seed: int = 0
+    bf16: bool | None = None  # bf16 autocast on both sides; None: on a GPU only (how minilm trains by default)
     profiles: list[str] = field(default_factory=list)  # rendered profiles, in workload order
 
     @property
@@ -38,8 +39,12 @@ class Settings:
         return self.device.type == "cuda"
 
     @property
+    def use_bf16(self) -> bool:
+        return self.cuda if self.bf16 is None else self.bf16
+
+    @property
     def precision(self) -> str:
-        return "bf16 autocast" if self.cuda else "fp32"
+        return "bf16 autocast" if self.use_bf16 else "fp32"
 
 
 @dataclass
@@ -58,8 +63,8 @@ class Result:
 
 
 def autocast(s: Settings):
-    """bf16 autocast on a GPU (how minilm trains there); plain fp32 on the CPU, where bf16 is usually slower."""
-    return torch.autocast("cuda", dtype=torch.bfloat16) if s.cuda else nullcontext()
+    """bf16 autocast where the settings ask for it (by default on a GPU only), else plain fp32."""
+    return torch.autocast(s.device.type, dtype=torch.bfloat16) if s.use_bf16 else nullcontext()
 
 
 def sync(s: Settings) -> None:

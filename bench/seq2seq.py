@@ -8,7 +8,7 @@ import dataclasses
 import torch
 from tokenizers import Tokenizer, models
 
-from bench.common import Result, Settings, check_same_loss, time_interleaved
+from bench.common import Result, Settings, autocast, check_same_loss, time_interleaved
 from minilm.config import Config
 from minilm.models.transformer.config import TransformerConfig
 from minilm.generate import beam_search, generate
@@ -103,10 +103,11 @@ def greedy(s: Settings) -> Result:
     n = size.new_tokens
 
     def run_ours() -> int:
-        return sum(t.numel() for t in generate(ours, start, n, temperature=0.0, eot=None, source=src))
+        with autocast(s):
+            return sum(t.numel() for t in generate(ours, start, n, temperature=0.0, eot=None, source=src))
 
     def run_ref() -> int:
-        with torch.no_grad():
+        with torch.no_grad(), autocast(s):
             out = theirs.generate(src, do_sample=False, num_beams=1, **_hf_kwargs(n))
         return (out.size(1) - 1) * out.size(0)  # without the start token
 
@@ -130,11 +131,12 @@ def beam5(s: Settings) -> Result:
     rows = [row.tolist() for row in src]
 
     def run_ours() -> int:
-        return sum(len(beam_search(ours, [END], BEAMS, n, eot=None, source=row)[0].tokens) for row in rows)
+        with autocast(s):
+            return sum(len(beam_search(ours, [END], BEAMS, n, eot=None, source=row)[0].tokens) for row in rows)
 
     def run_ref() -> int:
         total = 0
-        with torch.no_grad():
+        with torch.no_grad(), autocast(s):
             for i in range(src.size(0)):
                 out = theirs.generate(src[i:i + 1], do_sample=False, num_beams=BEAMS, early_stopping=False,
                                       **_hf_kwargs(n))

@@ -56,16 +56,20 @@ def choose(cfg: Config) -> tuple[str, str]:
         if torch.cuda.is_bf16_supported():
             return "bf16", "bf16 autocast: this GPU has bf16"
         return "no", "fp32: this GPU has no bf16"
-    if "amx_bf16" not in cpu_flags():
-        return "no", "fp32: this CPU has no bf16 matrix units (AMX), and bf16 autocast is slower than fp32 without them"
+    flags = cpu_flags()
+    units = "AMX bf16 matrix units" if "amx_bf16" in flags else \
+        "AVX-512 BF16 instructions" if "avx512_bf16" in flags else None
+    if units is None:
+        return "no", "fp32: this CPU has no bf16 arithmetic (AMX or AVX-512 BF16), and bf16 autocast is slower " \
+                     "than fp32 without it"
     width = model_width(cfg)
     if cfg.model.arch != "transformer" and not cfg.model.init_from:
         return "no", f"fp32: bf16 autocast is measured to pay on this CPU for Transformers, not {cfg.model.arch} models"
     if width is None:
         return "no", "fp32: model.init_from's width is unknown here (bf16 autocast is chosen for known widths only)"
     if width < BF16_MIN_WIDTH:
-        return "no", f"fp32: the model is {width} wide, and on this AMX CPU bf16 autocast pays from {BF16_MIN_WIDTH} wide"
-    return "bf16", f"bf16 autocast: this CPU has AMX bf16 matrix units and the model is {width} wide"
+        return "no", f"fp32: the model is {width} wide, and bf16 autocast pays on a CPU from {BF16_MIN_WIDTH} wide"
+    return "bf16", f"bf16 autocast: this CPU has {units} and the model is {width} wide"
 
 
 def resumed(cfg: Config, started: str | None, chosen: tuple[str, str]) -> tuple[str, str]:

@@ -15,9 +15,12 @@ from minilm.models import count_params
 from minilm.report import training_flops
 
 
-def test_quick_bench_prints_a_row_per_workload_with_matched_weights(capsys) -> None:
-    assert main(["--quick", "--repeats", "1", "--warmup", "0", "--steps", "1", "--threads", "1"]) == 0
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_quick_bench_prints_a_row_per_workload_with_matched_weights(precision, capsys) -> None:
+    assert main(["--quick", "--repeats", "1", "--warmup", "0", "--steps", "1", "--threads", "1",
+                 "--precision", precision]) == 0
     table = capsys.readouterr().out
+    assert f"precision: {'bf16 autocast' if precision == 'bf16' else 'fp32'}" in table
     rows = [line for line in table.splitlines() if line.startswith("| ") and "tok/s" in line]
     assert [r.split("|")[1].strip() for r in rows] == ["gpt-train", "gpt-sample", "bert-train", "s2s-greedy", "s2s-beam5"]
     for row in rows:

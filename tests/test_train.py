@@ -437,7 +437,9 @@ def test_a_run_killed_before_its_first_checkpoint_starts_again(make_cfg, tmp_pat
 
 
 @pytest.mark.parametrize("flags,arch,width,expected", [
-    ({"avx2"}, "transformer", 384, "no"),  # no AMX: fp32 whatever the model
+    ({"avx2"}, "transformer", 384, "no"),  # no bf16 arithmetic: fp32 whatever the model
+    ({"avx2", "avx512f", "avx512_bf16"}, "transformer", 256, "bf16"),  # AVX-512 BF16 (AMD Zen 4 and later)
+    ({"avx2", "avx512f", "avx512_bf16"}, "transformer", 128, "no"),
     ({"amx_bf16", "amx_tile"}, "transformer", 384, "bf16"),
     ({"amx_bf16", "amx_tile"}, "transformer", 256, "bf16"),
     ({"amx_bf16", "amx_tile"}, "transformer", 128, "no"),  # the default character model: no faster in bf16
