@@ -28,53 +28,55 @@ def path(request, monkeypatch) -> str:
     return request.param
 
 
-def _reference(u, highway, c0, keep):
-    """The 2017 unit's element-wise equations, one step at a time (autograd through the loop)."""
-    H = c0.size(-1)
-    c, hs = c0, []
-    for t in range(u.size(0)):
-        x_tilde, f, r = u[t, :, :H], torch.sigmoid(u[t, :, H:2 * H]), torch.sigmoid(u[t, :, 2 * H:3 * H])
-        x = u[t, :, 3 * H:] if highway is None else highway[t]
-        c = torch.where(keep[t] > 0, f * c + (1 - f) * x_tilde, c)
-        hs.append(r * torch.tanh(c) + (1 - r) * x)
-    return torch.stack(hs), c
+def _reference(u, highway, c0, keep, reverse=False):
+    """The 2017 unit's element-wise equations, one step at a time (autograd through the loop), batch first; 0 out at
+    padding; reverse: time walked from the last step to the first."""
+    H, T = c0.size(-1), u.size(1)
+    c, hs = c0, [None] * T
+    for t in (range(T - 1, -1, -1) if reverse else range(T)):
+        x_tilde, f, r = u[:, t, :H], torch.sigmoid(u[:, t, H:2 * H]), torch.sigmoid(u[:, t, 2 * H:3 * H])
+        x = u[:, t, 3 * H:] if highway is None else highway[:, t]
+        kept = keep[:, t, None] > 0  # (B, 1)
+        c = torch.where(kept, f * c + (1 - f) * x_tilde, c)
+        hs[t] = torch.where(kept, r * torch.tanh(c) + (1 - r) * x, 0.0)
+    return torch.stack(hs, 1), c
 
 
 def test_sru_2017_matches_its_equations(path):
     torch.manual_seed(0)
     for n_in in (6, 8):  # the highway term reads x directly, or through a projection when the widths differ
         cell = SRU(n_in, 6)
-        x = torch.randn(5, 2, n_in)  # (T, B, n_in)
+        x = torch.randn(2, 5, n_in)  # (B, T, n_in)
         with torch.no_grad():
             h, c_last = cell(x, None, None)
             W, W_f, W_r = cell.weight.weight[:18].split(6)
             b, b_f, b_r = cell.weight.bias[:18].split(6)
             c, want = torch.zeros(2, 6), []
             for t in range(5):
-                x_tilde = x[t] @ W.T + b
-                f, r = torch.sigmoid(x[t] @ W_f.T + b_f), torch.sigmoid(x[t] @ W_r.T + b_r)
+                x_tilde = x[:, t] @ W.T + b
+                f, r = torch.sigmoid(x[:, t] @ W_f.T + b_f), torch.sigmoid(x[:, t] @ W_r.T + b_r)
                 c = f * c + (1 - f) * x_tilde
-                highway = cell.weight(x[t])[:, 18:] if n_in != 6 else x[t]
+                highway = cell.weight(x[:, t])[:, 18:] if n_in != 6 else x[:, t]
                 want.append(r * torch.tanh(c) + (1 - r) * highway)
-        assert torch.allclose(h, torch.stack(want), atol=1e-5) and torch.allclose(c_last, c, atol=1e-5)
+        assert torch.allclose(h, torch.stack(want, 1), atol=1e-5) and torch.allclose(c_last, c, atol=1e-5)
 
 
 def test_sru_2018_matches_its_equations():
     torch.manual_seed(0)
     for n_in in (6, 8):
         cell = SRU2018(n_in, 6)
-        x = torch.randn(5, 2, n_in)  # (T, B, n_in)
+        x = torch.randn(2, 5, n_in)  # (B, T, n_in)
         with torch.no_grad():
-            h, c_last = cell(x, None, torch.ones(5, 2, 1))
-            parts = cell.weight(x).split(6, -1)
+            h, c_last = cell(x, None, torch.ones(2, 5))
+            parts = [p.transpose(0, 1) for p in cell.weight(x).split(6, -1)]  # (T, B, 6) each
             c, want = torch.zeros(2, 6), []
             for t in range(5):
                 f = torch.sigmoid(parts[1][t] + cell.v[0] * c)
                 r = torch.sigmoid(parts[2][t] + cell.v[1] * c)
                 c = f * c + (1 - f) * parts[0][t]
-                highway = parts[3][t] if n_in != 6 else x[t]
+                highway = parts[3][t] if n_in != 6 else x[:, t]
                 want.append(r * c + (1 - r) * highway)
-        assert torch.allclose(h, torch.stack(want), atol=1e-6) and torch.allclose(c_last, c, atol=1e-6)
+        assert torch.allclose(h, torch.stack(want, 1), atol=1e-6) and torch.allclose(c_last, c, atol=1e-6)
 
 
 @pytest.mark.parametrize("seed", range(6))
@@ -82,25 +84,27 @@ def test_both_paths_give_the_step_by_step_values_and_gradients(path, seed):
     gen = torch.Generator().manual_seed(seed)
     T, B, H = [(1, 3, 5), (2, 1, 1), (7, 4, 70), (12, 3, 9), (5, 2, 130), (9, 5, 3)][seed]
     project = seed % 2 == 1  # the highway input as u's fourth chunk, or a separate tensor
-    u = (2 * torch.randn(T, B, (4 if project else 3) * H, generator=gen, dtype=torch.float64)).requires_grad_()
-    hw = None if project else torch.randn(T, B, H, generator=gen, dtype=torch.float64).requires_grad_()
+    reverse = seed in (1, 2, 4)  # time walked backwards, right padding met first (the backward direction)
+    u = (2 * torch.randn(B, T, (4 if project else 3) * H, generator=gen, dtype=torch.float64)).requires_grad_()
+    hw = None if project else torch.randn(B, T, H, generator=gen, dtype=torch.float64).requires_grad_()
+    if seed == 2:
+        hw = torch.randn(T, B, H, generator=gen, dtype=torch.float64).transpose(0, 1).requires_grad_()  # strided
     c0 = torch.randn(B, H, generator=gen, dtype=torch.float64).requires_grad_()
     lengths = torch.randint(1, T + 1, (B,), generator=gen)
-    keep = (torch.arange(T)[:, None] < lengths).double()[..., None]  # (T, B, 1)
-    if seed == 4:
-        keep = keep.flip(0)  # padding first, as the backward direction sees it
-    w_h, w_c = torch.randn(T, B, H, generator=gen, dtype=torch.float64), torch.randn(B, H, generator=gen,
+    keep = (torch.arange(T)[None] < lengths[:, None]).double()  # (B, T)
+    w_h, w_c = torch.randn(B, T, H, generator=gen, dtype=torch.float64), torch.randn(B, H, generator=gen,
                                                                                    dtype=torch.float64)
     inputs = [t for t in (u, hw, c0) if t is not None]
     results = []
     for fn in (sru.sru_2017, _reference):
-        h, c = fn(u, hw, c0, keep)
+        h, c = fn(u, hw, c0, keep, reverse)
         grads = torch.autograd.grad((h * w_h).sum() + (c * w_c).sum(), inputs)
         results.append([h, c, *grads])
     for got, want in zip(*results):
         assert torch.allclose(got, want, atol=1e-12, rtol=1e-10)
-    h, c = sru.sru_2017(u, hw, c0, None)  # no padding at all
-    assert torch.allclose(h, _reference(u, hw, c0, torch.ones(T, B, 1, dtype=torch.float64))[0], atol=1e-12)
+    h, c = sru.sru_2017(u, hw, c0, None, reverse)  # no padding at all
+    want = _reference(u, hw, c0, torch.ones(B, T, dtype=torch.float64), reverse)
+    assert torch.allclose(h, want[0], atol=1e-12) and torch.allclose(c, want[1], atol=1e-12)
 
 
 def test_the_compiled_loop_and_pure_torch_agree_in_float32(monkeypatch):
@@ -108,18 +112,19 @@ def test_the_compiled_loop_and_pure_torch_agree_in_float32(monkeypatch):
     if sru.kernel() is None:
         pytest.skip("the compiled SRU loop could not be built here (no C++ compiler)")
     torch.manual_seed(0)
-    u, hw, c0 = 3 * torch.randn(16, 4, 3 * 96), torch.randn(16, 4, 96), torch.randn(4, 96)
-    keep = torch.ones(16, 4, 1)
-    keep[10:, 2] = 0
+    u, hw, c0 = 3 * torch.randn(4, 16, 3 * 96), torch.randn(4, 16, 96), torch.randn(4, 96)
+    keep = torch.ones(4, 16)
+    keep[2, 10:] = 0
     results = []
-    for pure in ("", "1"):
+    for pure, reverse in (("", False), ("1", False), ("", True), ("1", True)):
         monkeypatch.setenv(sru.NO_EXTENSIONS, pure)
         leaves = [t.clone().requires_grad_() for t in (u, hw, c0)]
-        h, c = sru.sru_2017(*leaves, keep)
+        h, c = sru.sru_2017(*leaves, keep, reverse)
         (h.sin().sum() + c.sum()).backward()
         results.append([h, c, *(t.grad for t in leaves)])
-    for got, want in zip(*results):
-        assert torch.allclose(got, want, atol=2e-6, rtol=1e-5)  # the compiled exp/tanh are within float rounding
+    for compiled, pure in (results[:2], results[2:]):
+        for got, want in zip(compiled, pure):
+            assert torch.allclose(got, want, atol=2e-6, rtol=1e-5)  # the compiled exp/tanh are within float rounding
 
 
 @pytest.mark.parametrize("version", [2017, 2018])
@@ -189,9 +194,30 @@ def test_a_failed_build_says_so_once_and_falls_back(monkeypatch, capsys):
     monkeypatch.setattr(torch.utils.cpp_extension, "load", no_compiler)
     monkeypatch.setattr(sru, "_kernel", None)
     monkeypatch.setattr(sru, "_kernel_tried", False)
-    u, c0 = torch.randn(3, 2, 16), torch.zeros(2, 4)  # (T, B, 4H): the highway in u
+    u, c0 = torch.randn(2, 3, 16), torch.zeros(2, 4)  # (B, T, 4H): the highway in u
     h, c = sru.sru_2017(u, None, c0, None)
     sru.sru_2017(u, None, c0, None)
-    assert torch.allclose(h, _reference(u, None, c0, torch.ones(3, 2, 1))[0], atol=1e-6)
+    assert torch.allclose(h, _reference(u, None, c0, torch.ones(2, 3))[0], atol=1e-6)
     err = capsys.readouterr().err
     assert err.count("minilm: note: the compiled SRU loop could not be built") == 1 and "command not found" in err
+
+
+def test_the_onednn_projection_equals_nn_linear_and_steps_aside_where_it_cannot_run(monkeypatch):
+    torch.manual_seed(0)
+    layer, x = torch.nn.Linear(8, 12), torch.randn(3, 5, 8)
+    if sru._onednn_linear() is None:
+        pytest.skip("this torch has no oneDNN")
+    monkeypatch.delenv(sru.NO_ONEDNN, raising=False)
+    results = []
+    for off in ("", "1"):
+        monkeypatch.setenv(sru.NO_ONEDNN, off)
+        inp = x.clone().requires_grad_()
+        out = sru.project(inp, layer)
+        assert (out.grad_fn.next_functions[0][0].name() == "OneDNNLinearBackward") == (off == "")
+        results.append([out, *torch.autograd.grad(out.sin().sum(), (inp, layer.weight, layer.bias))])
+    for got, want in zip(*results):
+        assert torch.allclose(got, want, atol=1e-5)
+    monkeypatch.delenv(sru.NO_ONEDNN)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # autocast's own choice of precision stands
+        assert sru.project(x, layer).dtype == torch.bfloat16
+    assert sru.project(x.double(), layer.double()).dtype == torch.float64

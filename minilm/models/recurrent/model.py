@@ -133,23 +133,13 @@ class RecurrentLayer(nn.Module):
 
     def _sru(self, x: torch.Tensor, lengths: torch.Tensor | None, state) -> tuple[torch.Tensor, torch.Tensor]:
         B, T, _ = x.shape
-        if lengths is None:
-            keep = None
-        else:
-            keep = (torch.arange(T, device=x.device)[:, None] < lengths.to(x.device)[None]).to(x.dtype)[..., None]
-        xt = x.transpose(0, 1)  # (T, B, n_in): time first for the recurrence
-        outs, last = [], []
-        for d, cell in enumerate(self.cells):
-            if d == 0:
-                h, c = cell(xt, state[0] if state is not None else None, keep)
-            else:  # backward: padding comes first once reversed, and the state carries through it unchanged
-                h, c = cell(xt.flip(0), state[1] if state is not None else None,
-                            keep.flip(0) if keep is not None else None)
-                h = h.flip(0)
-            outs.append(h * keep if keep is not None else h)
-            last.append(c)
-        return torch.cat(outs, -1).transpose(0, 1), torch.stack(last)  # (B, T, dirs * H), (dirs, B, H)
-
+        keep = None if lengths is None else (torch.arange(T, device=x.device)[None] < lengths.to(x.device)[:, None]
+                                             ).to(x.dtype)  # (B, T)
+        # the backward direction walks time from the end: padding comes first then, and the state carries through it
+        outs, last = zip(*(cell(x, state[d] if state is not None else None, keep, reverse=d == 1)
+                           for d, cell in enumerate(self.cells)))
+        out = outs[0] if len(outs) == 1 else torch.cat(outs, -1)
+        return out, torch.stack(last)  # (B, T, dirs * H) zeros at padding, (dirs, B, H)
 
 
 def reverse_rows(x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:

@@ -1,10 +1,11 @@
 // The 2017 SRU's element-wise work over all time steps, forward and backward, as one compiled loop (CPU).
 // Built on first use by minilm/models/recurrent/sru.py (torch.utils.cpp_extension.load) and cached.
 //
-// Inputs, time first: u (T, B, k*H) = [x~ | f | r | highway when k == 4] pre-activations from the one matrix
-// product; hw (T, B, H) the highway input when k == 3 (x itself); c0 (B, H); keep (T, B), 0 at padding, where
-// the state stays. Every (batch row, block of columns) is independent: at::parallel_for hands them to torch's
-// threads, and each walks time with the columns innermost (contiguous, so the compiler vectorizes them).
+// Inputs, batch first: u (B, T, k*H) = [x~ | f | r | highway when k == 4] pre-activations from the one matrix
+// product; hw (B, T, H) the highway input when k == 3 (x itself); c0 (B, H); keep (B, T), 0 at padding, where
+// the state stays and the output is 0; reverse: time walked backwards. Every (batch row, block of columns) is
+// independent: at::parallel_for hands them to torch's threads, and each walks time with the columns innermost
+// (contiguous, so the compiler vectorizes them).
 
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
@@ -17,7 +18,9 @@
 
 namespace {
 
-constexpr int64_t kBlock = 64;  // columns per task: a cache-friendly run that still splits small batches
+// columns per task: a whole row of the state up to this width, so that one task walks one batch row's memory
+// from the first step to the last (two tasks per row at 1024: still enough tasks for the threads at small batches)
+constexpr int64_t kBlock = 512;
 
 // exp for float without a library call, so the column loops vectorize: 2^n * e^r with |r| <= ln2/2 and a
 // degree-7 Taylor polynomial for e^r (truncation < 1e-8 relative, below float's rounding). The argument is
@@ -53,14 +56,15 @@ inline float tanh_(float c) {
 }
 inline double tanh_(double c) { return std::tanh(c); }
 
-struct Layout {  // (T, B, H) views, the last dimension contiguous: element (t, b, j) at t * st + b * sb + j
-  int64_t T, B, H;
-  int64_t u_st, u_sb, hw_st, hw_sb;
+struct Layout {  // (B, T, C) views, the last dimension contiguous: element (b, t, j) at b * sb + t * st + j
+  int64_t B, T, H;
+  int64_t u_sb, u_st, hw_sb, hw_st;
   bool hw_in_u;  // the highway input is u's fourth chunk (a projection of x), else the separate hw
+  bool reverse;  // walk time from the last step to the first (the backward direction of a bidirectional layer)
 };
 
 // One time step over n contiguous columns, in functions of their own with __restrict__ pointers (no store can
-// alias a load) and the padding test hoisted out: GCC vectorizes these column loops (8 floats with AVX2) only so.
+// alias a load) and the padding test hoisted out: GCC vectorizes these column loops only so.
 // xt, fz, rz: x~ and the gates' pre-activations; x the highway input; c the state, updated in place when kept.
 template <typename scalar_t>
 void forward_step(int64_t n, bool kept, const scalar_t* __restrict__ xt, const scalar_t* __restrict__ fz,
@@ -75,18 +79,17 @@ void forward_step(int64_t n, bool kept, const scalar_t* __restrict__ xt, const s
       cs[j] = cj;
       h[j] = r * tanh_(cj) + (1 - r) * x[j];
     }
-  } else {  // at padding the state stays exactly: f * c + (1 - f) * x~ is not formed there
+  } else {  // padding: the state stays exactly (f * c + (1 - f) * x~ is not formed) and the output is 0
 #pragma omp simd
     for (int64_t j = 0; j < n; ++j) {
-      const scalar_t r = sigmoid(rz[j]), cj = c[j];
-      cs[j] = cj;
-      h[j] = r * tanh_(cj) + (1 - r) * x[j];
+      cs[j] = c[j];
+      h[j] = 0;
     }
   }
 }
 
-// dc the running dL/dc (from step t + 1 in, to step t - 1 out); c this step's state, prev the one before; dxt, dfz,
-// drz, dx the gradients written for this step
+// dc the running dL/dc (from the step after in walking order in, to the step before out); c this step's state,
+// prev the one before; dxt, dfz, drz, dx the gradients written for this step
 template <typename scalar_t>
 void backward_step(int64_t n, bool kept, const scalar_t* __restrict__ xt, const scalar_t* __restrict__ fz,
                    const scalar_t* __restrict__ rz, const scalar_t* __restrict__ x, const scalar_t* __restrict__ c,
@@ -105,35 +108,42 @@ void backward_step(int64_t n, bool kept, const scalar_t* __restrict__ xt, const 
       dfz[j] = total * (prev[j] - xt[j]) * f * (1 - f);
       dc[j] = total * f;
     }
-  } else {  // a padded step passes dc through, and x~, f get no gradient
+  } else {  // a padded step passes dc through, and nothing else gets a gradient from it
 #pragma omp simd
     for (int64_t j = 0; j < n; ++j) {
-      const scalar_t r = sigmoid(rz[j]);
-      const scalar_t g = tanh_(c[j]), d = dh[j];
-      dx[j] = d * (1 - r);
-      drz[j] = d * (g - x[j]) * r * (1 - r);
-      dc[j] = dc[j] + d * r * (1 - g * g);
+      dx[j] = 0;
+      drz[j] = 0;
       dxt[j] = 0;
       dfz[j] = 0;
     }
   }
 }
 
+// Every batch row is independent; within a row, columns in blocks of up to kBlock, walked through time. With the
+// batch first, one row's steps lie one after another in memory, which the caches and prefetchers follow.
+template <typename F>
+void for_each_block(const Layout& L, const F& fn) {
+  const int64_t blocks = (L.H + kBlock - 1) / kBlock;
+  at::parallel_for(0, L.B * blocks, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t j0 = (task % blocks) * kBlock;
+      fn(task / blocks, j0, std::min(kBlock, L.H - j0));
+    }
+  });
+}
+
 template <typename scalar_t>
 void forward_kernel(const Layout& L, const scalar_t* u, const scalar_t* hw, const scalar_t* c0, const scalar_t* keep,
                     scalar_t* h, scalar_t* cs) {
-  const int64_t blocks = (L.H + kBlock - 1) / kBlock;
-  at::parallel_for(0, L.B * blocks, 1, [&](int64_t begin, int64_t end) {
+  for_each_block(L, [&](int64_t b, int64_t j0, int64_t n) {
     scalar_t c[kBlock];
-    for (int64_t task = begin; task < end; ++task) {
-      const int64_t b = task / blocks, j0 = (task % blocks) * kBlock, n = std::min(kBlock, L.H - j0);
-      std::copy(c0 + b * L.H + j0, c0 + b * L.H + j0 + n, c);
-      for (int64_t t = 0; t < L.T; ++t) {
-        const scalar_t* ut = u + t * L.u_st + b * L.u_sb + j0;  // x~ at ut[j], f at ut[H + j], r at ut[2H + j]
-        const scalar_t* x = L.hw_in_u ? ut + 3 * L.H : hw + t * L.hw_st + b * L.hw_sb + j0;
-        const int64_t o = (t * L.B + b) * L.H + j0;
-        forward_step<scalar_t>(n, keep[t * L.B + b] != 0, ut, ut + L.H, ut + 2 * L.H, x, c, cs + o, h + o);
-      }
+    std::copy(c0 + b * L.H + j0, c0 + b * L.H + j0 + n, c);
+    for (int64_t s = 0; s < L.T; ++s) {
+      const int64_t t = L.reverse ? L.T - 1 - s : s;
+      const scalar_t* ut = u + b * L.u_sb + t * L.u_st + j0;  // x~ at ut[j], f at ut[H + j], r at ut[2H + j]
+      const scalar_t* x = L.hw_in_u ? ut + 3 * L.H : hw + b * L.hw_sb + t * L.hw_st + j0;
+      const int64_t o = (b * L.T + t) * L.H + j0;
+      forward_step<scalar_t>(n, keep[b * L.T + t] != 0, ut, ut + L.H, ut + 2 * L.H, x, c, cs + o, h + o);
     }
   });
 }
@@ -144,43 +154,42 @@ template <typename scalar_t>
 void backward_kernel(const Layout& L, const scalar_t* u, const scalar_t* hw, const scalar_t* c0, const scalar_t* keep,
                      const scalar_t* cs, const scalar_t* dh, const scalar_t* dc_last, scalar_t* du, scalar_t* dhw,
                      scalar_t* dc0) {
-  const int64_t blocks = (L.H + kBlock - 1) / kBlock;
   const int64_t K = L.hw_in_u ? 4 : 3;
-  at::parallel_for(0, L.B * blocks, 1, [&](int64_t begin, int64_t end) {
+  for_each_block(L, [&](int64_t b, int64_t j0, int64_t n) {
     scalar_t dc[kBlock];
-    for (int64_t task = begin; task < end; ++task) {
-      const int64_t b = task / blocks, j0 = (task % blocks) * kBlock, n = std::min(kBlock, L.H - j0);
-      std::copy(dc_last + b * L.H + j0, dc_last + b * L.H + j0 + n, dc);
-      for (int64_t t = L.T - 1; t >= 0; --t) {
-        const scalar_t* ut = u + t * L.u_st + b * L.u_sb + j0;
-        const scalar_t* x = L.hw_in_u ? ut + 3 * L.H : hw + t * L.hw_st + b * L.hw_sb + j0;
-        scalar_t* dut = du + (t * L.B + b) * K * L.H + j0;  // du is contiguous (T, B, K*H)
-        scalar_t* dx = L.hw_in_u ? dut + 3 * L.H : dhw + (t * L.B + b) * L.H + j0;
-        const int64_t o = (t * L.B + b) * L.H + j0;
-        const scalar_t* prev = t > 0 ? cs + o - L.B * L.H : c0 + b * L.H + j0;
-        backward_step<scalar_t>(n, keep[t * L.B + b] != 0, ut, ut + L.H, ut + 2 * L.H, x, cs + o, prev, dh + o, dc,
-                                dut, dut + L.H, dut + 2 * L.H, dx);
-      }
-      std::copy(dc, dc + n, dc0 + b * L.H + j0);
+    std::copy(dc_last + b * L.H + j0, dc_last + b * L.H + j0 + n, dc);
+    for (int64_t s = L.T - 1; s >= 0; --s) {
+      const int64_t t = L.reverse ? L.T - 1 - s : s, before = L.reverse ? t + 1 : t - 1;
+      const scalar_t* ut = u + b * L.u_sb + t * L.u_st + j0;
+      const scalar_t* x = L.hw_in_u ? ut + 3 * L.H : hw + b * L.hw_sb + t * L.hw_st + j0;
+      scalar_t* dut = du + (b * L.T + t) * K * L.H + j0;  // du is contiguous (B, T, K*H)
+      scalar_t* dx = L.hw_in_u ? dut + 3 * L.H : dhw + (b * L.T + t) * L.H + j0;
+      const int64_t o = (b * L.T + t) * L.H + j0;
+      const scalar_t* prev = s > 0 ? cs + (b * L.T + before) * L.H + j0 : c0 + b * L.H + j0;
+      backward_step<scalar_t>(n, keep[b * L.T + t] != 0, ut, ut + L.H, ut + 2 * L.H, x, cs + o, prev, dh + o, dc,
+                              dut, dut + L.H, dut + 2 * L.H, dx);
     }
+    std::copy(dc, dc + n, dc0 + b * L.H + j0);
   });
 }
 
-Layout layout(const at::Tensor& u, const at::Tensor& hw, int64_t H) {
-  TORCH_CHECK(u.dim() == 3 && u.stride(2) == 1, "u must be (T, B, k*H) with its last dimension contiguous");
+Layout layout(const at::Tensor& u, const at::Tensor& hw, int64_t H, bool reverse) {
+  TORCH_CHECK(u.dim() == 3 && u.stride(2) == 1, "u must be (B, T, k*H) with its last dimension contiguous");
   const bool in_u = u.size(2) == 4 * H;
-  TORCH_CHECK(in_u || (u.size(2) == 3 * H && hw.defined() && hw.stride(2) == 1), "u is (T, B, 3H) with hw, or 4H");
-  return {u.size(0), u.size(1), H, u.stride(0), u.stride(1), in_u ? 0 : hw.stride(0), in_u ? 0 : hw.stride(1), in_u};
+  TORCH_CHECK(in_u || (u.size(2) == 3 * H && hw.defined() && hw.stride(2) == 1), "u is (B, T, 3H) with hw, or 4H");
+  return {u.size(0), u.size(1), H, u.stride(0), u.stride(1), in_u ? 0 : hw.stride(0), in_u ? 0 : hw.stride(1), in_u,
+          reverse};
 }
 
 }  // namespace
 
-// -> h (T, B, H), every state c (T, B, H), both contiguous
-std::vector<at::Tensor> forward(const at::Tensor& u, const at::Tensor& hw, const at::Tensor& c0, const at::Tensor& keep) {
+// -> h (B, T, H) with 0 at padding, every state c (B, T, H), both contiguous
+std::vector<at::Tensor> forward(const at::Tensor& u, const at::Tensor& hw, const at::Tensor& c0, const at::Tensor& keep,
+                                bool reverse) {
   const int64_t H = c0.size(1);
-  const Layout L = layout(u, hw, H);
+  const Layout L = layout(u, hw, H, reverse);
   auto c0c = c0.contiguous(), keepc = keep.to(u.scalar_type()).contiguous();
-  auto h = at::empty({L.T, L.B, H}, u.options()), cs = at::empty({L.T, L.B, H}, u.options());
+  auto h = at::empty({L.B, L.T, H}, u.options()), cs = at::empty({L.B, L.T, H}, u.options());
   AT_DISPATCH_FLOATING_TYPES(u.scalar_type(), "sru_forward", [&] {
     forward_kernel<scalar_t>(L, u.data_ptr<scalar_t>(), L.hw_in_u ? nullptr : hw.data_ptr<scalar_t>(),
                              c0c.data_ptr<scalar_t>(), keepc.data_ptr<scalar_t>(), h.data_ptr<scalar_t>(),
@@ -189,15 +198,15 @@ std::vector<at::Tensor> forward(const at::Tensor& u, const at::Tensor& hw, const
   return {h, cs};
 }
 
-// -> du (T, B, k*H), d hw (T, B, H; empty when the highway is in u), d c0 (B, H)
+// -> du (B, T, k*H), d hw (B, T, H; empty when the highway is in u), d c0 (B, H)
 std::vector<at::Tensor> backward(const at::Tensor& u, const at::Tensor& hw, const at::Tensor& c0, const at::Tensor& keep,
-                                 const at::Tensor& cs, const at::Tensor& dh, const at::Tensor& dc_last) {
+                                 const at::Tensor& cs, const at::Tensor& dh, const at::Tensor& dc_last, bool reverse) {
   const int64_t H = c0.size(1);
-  const Layout L = layout(u, hw, H);
+  const Layout L = layout(u, hw, H, reverse);
   auto c0c = c0.contiguous(), keepc = keep.to(u.scalar_type()).contiguous();
   auto dhc = dh.contiguous(), dcl = dc_last.contiguous();
-  auto du = at::empty({L.T, L.B, u.size(2)}, u.options());
-  auto dhw = L.hw_in_u ? at::Tensor() : at::empty({L.T, L.B, H}, u.options());
+  auto du = at::empty({L.B, L.T, u.size(2)}, u.options());
+  auto dhw = L.hw_in_u ? at::Tensor() : at::empty({L.B, L.T, H}, u.options());
   auto dc0 = at::empty({L.B, H}, u.options());
   AT_DISPATCH_FLOATING_TYPES(u.scalar_type(), "sru_backward", [&] {
     backward_kernel<scalar_t>(L, u.data_ptr<scalar_t>(), L.hw_in_u ? nullptr : hw.data_ptr<scalar_t>(),
