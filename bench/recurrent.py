@@ -1,7 +1,8 @@
 """`python -m bench.recurrent`: time of one recurrent layer, forward + backward, at each shape asked for
 (default 32 x 128 x 256 and 32 x 512 x 512, batch x length x width): the lecture's SRU (2017) with its compiled
-loop and with the pure-torch path, the 2018 SRU, torch's LSTM and GRU, and "a simple LSTM" (nn.LSTMCell stepped
-in a Python loop, the lecture's comparison). Interleaved, median of the timed repetitions; prints markdown."""
+loop, with the pure-torch path and with its projections through nn.Linear instead of oneDNN, the 2018 SRU,
+torch's LSTM and GRU, and "a simple LSTM" (nn.LSTMCell stepped in a Python loop, the lecture's comparison).
+Interleaved, median of the timed repetitions; prints markdown."""
 
 from __future__ import annotations
 
@@ -47,14 +48,15 @@ class SimpleLSTM(nn.Module):
         return torch.stack(hs, 1), None  # (B, T, H)
 
 
-def _pure(fn: Callable[[], None]) -> Callable[[], None]:
-    """fn with the compiled loop switched off (sru.kernel() reads the variable on every call)."""
+def _with(variable: str, fn: Callable[[], None]) -> Callable[[], None]:
+    """fn with the environment variable set to 1 (sru reads MINILM_NO_EXTENSIONS and MINILM_NO_ONEDNN on every
+    call)."""
     def run() -> None:
-        os.environ[sru.NO_EXTENSIONS] = "1"
+        os.environ[variable] = "1"
         try:
             fn()
         finally:
-            del os.environ[sru.NO_EXTENSIONS]
+            del os.environ[variable]
     return run
 
 
@@ -72,13 +74,15 @@ def layers(batch: int, length: int, width: int, repeats: int, warmup: int,
         return run
 
     sru_2017 = step(RecurrentLayer("sru", width, width, False, 2017).to(device))
-    fns = {"SRU (2017), compiled loop": sru_2017, "SRU (2017), pure torch": _pure(sru_2017),
+    fns = {"SRU (2017), compiled loop": sru_2017, "SRU (2017), pure torch": _with(sru.NO_EXTENSIONS, sru_2017),
+           "SRU (2017), compiled loop, projections by nn.Linear": _with(sru.NO_ONEDNN, sru_2017),
            "SRU (2018)": step(RecurrentLayer("sru", width, width, False, 2018).to(device)),
            "LSTM (torch)": step(RecurrentLayer("lstm", width, width, False).to(device)),
            "GRU (torch)": step(RecurrentLayer("gru", width, width, False).to(device)),
            "simple LSTM (LSTMCell loop)": step(SimpleLSTM(width).to(device))}
     if device.type != "cpu" or sru.kernel() is None:
-        del fns["SRU (2017), compiled loop"]  # the compiled loop is for the CPU (where it could be built)
+        for name in ("SRU (2017), compiled loop", "SRU (2017), compiled loop, projections by nn.Linear"):
+            del fns[name]  # the compiled loop is for the CPU (where it could be built)
     return _median_ms(fns, repeats, warmup)
 
 

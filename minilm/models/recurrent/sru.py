@@ -64,7 +64,7 @@ def _onednn_linear() -> object | None:
 
 class OneDNNLinear(torch.autograd.Function):
     """x @ W.T + b and its gradients as three oneDNN matrix products: (N, n_in) -> (N, out). torch's nn.Linear goes
-    to MKL, which on AMD CPUs runs at about half the rate oneDNN reaches there (BENCHMARKS.md); its LSTM already
+    to MKL, which on the AMD EPYC of BENCHMARKS.md ran these products at about half oneDNN's rate; torch's LSTM
     runs on oneDNN, so the SRU's products do too."""
 
     @staticmethod
@@ -91,6 +91,11 @@ def project(x: torch.Tensor, layer: nn.Linear) -> torch.Tensor:
             and _onednn_linear() is not None):
         return OneDNNLinear.apply(x.reshape(-1, x.size(-1)), layer.weight, layer.bias).view(*x.shape[:-1], -1)
     return layer(x)
+
+
+def _walk(T: int, reverse: bool) -> list[int]:
+    """The time steps in walking order."""
+    return list(range(T - 1, -1, -1) if reverse else range(T))
 
 
 class LinearScan(torch.autograd.Function):
@@ -120,10 +125,6 @@ class LinearScan(torch.autograd.Function):
         # (B, T, H): the state before each step in walking order
         prev = torch.cat([cs[:, 1:], c0[:, None]], 1) if ctx.reverse else torch.cat([c0[:, None], cs[:, :-1]], 1)
         return dc * prev, dc, a[:, order[0]] * dc[:, order[0]], None
-
-
-def _walk(T: int, reverse: bool) -> list[int]:
-    return list(range(T - 1, -1, -1) if reverse else range(T))
 
 
 class _Fused(torch.autograd.Function):
