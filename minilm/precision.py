@@ -4,10 +4,10 @@
 every run and is noisy on a shared machine): bf16 autocast on a GPU that has it; on a CPU, bf16 autocast only
 where the CPU has bf16 arithmetic (Intel AMX: `amx_bf16` among its flags, where oneDNN runs bf16 products on the
 tile units; or AVX-512 BF16: `avx512_bf16`) and the model is a Transformer at least BF16_MIN_WIDTH wide. Measured
-on an AMX CPU (a Sapphire Rapids Xeon, 2 threads): a GPT 6 x 384 training step 2.06x faster in bf16, 4 x 256 1.61x, the default 3 x 128 character
-model no faster (its whole run 15 % slower). On an AMD EPYC with AVX-512 BF16 (`avx512_bf16`, no AMX): a 4 x 256
-GPT training step 1.96x, bert-mini 1.88x, the 3 x 128 model's run 1.10x. Without either (AVX2 CPUs) bf16 autocast is
-far slower than fp32.
+on an AMX CPU (a Sapphire Rapids Xeon, 2 threads): a GPT 6 x 384 training step 2.06x faster in bf16, 4 x 256
+1.61x, the default 3 x 128 character model no faster (its whole run 15 % slower). On an AMD EPYC with AVX-512 BF16
+(`avx512_bf16`, no AMX): a 4 x 256 GPT training step 1.96x, bert-mini 1.88x, the 3 x 128 model's run 1.10x.
+Without either (AVX2 CPUs) bf16 autocast is far slower than fp32.
 Weights and optimizer state stay fp32 either way (autocast), so checkpoints do not change.
 """
 

@@ -132,7 +132,7 @@ class RecurrentLayer(nn.Module):
         return out[back], finals[:, back]
 
     def _sru(self, x: torch.Tensor, lengths: torch.Tensor | None, state) -> tuple[torch.Tensor, torch.Tensor]:
-        B, T, _ = x.shape
+        T = x.size(1)
         keep = None if lengths is None else (torch.arange(T, device=x.device)[None] < lengths.to(x.device)[:, None]
                                              ).to(x.dtype)  # (B, T)
         # the backward direction walks time from the end: padding comes first then, and the state carries through it

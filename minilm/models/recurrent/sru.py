@@ -13,6 +13,7 @@ runs trained with it.
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 from pathlib import Path
@@ -55,8 +56,9 @@ def kernel():
     return _kernel
 
 
+@functools.cache
 def _onednn_linear() -> object | None:
-    """torch's oneDNN linear (the library its CPU LSTM runs on), or None where this torch has none."""
+    """torch's oneDNN linear (the library its CPU LSTM runs on), or None where this torch has none; looked up once."""
     if not torch.backends.mkldnn.is_available():
         return None
     return getattr(getattr(torch.ops, "mkldnn", None), "_linear_pointwise", None)
