@@ -79,8 +79,9 @@ def test_equal_time_bench_sizes_the_run_from_its_probe(shakespeare_file, tmp_pat
     from conftest import TINY_YAML, read_metrics
 
     tiny = f"{TINY_YAML}:data.train_files=[{shakespeare_file}],model.n_layer=1,model.n_embd=32,model.block_size=16"
-    equal_time.main([tiny, "--seconds", "0.5", "--out", str(tmp_path)])
+    equal_time.main([tiny, "--seconds", "0.5", "--out", str(tmp_path), "--probe-rounds", "2"])
     row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith(f"| {TINY_YAML}"))
     rate, steps = float(row.split("|")[2]), int(row.split("|")[3].replace(",", ""))
-    assert steps == max(int(rate * 0.5), 60)  # the probe's steps/s x the budget, at least the probe's own
+    assert steps == max(int(rate * 0.5), 60)  # the probes' median steps/s x the budget, at least a probe's own
+    assert (tmp_path / "0-probe-0").is_dir() and (tmp_path / "0-probe-1").is_dir()  # two rounds of probes
     assert [r["step"] for r in read_metrics(tmp_path / "0-run") if r["split"] == "val"] == [steps]
