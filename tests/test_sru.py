@@ -221,3 +221,32 @@ def test_the_onednn_projection_equals_nn_linear_and_steps_aside_where_it_cannot_
     with torch.autocast("cpu", dtype=torch.bfloat16):  # autocast's own choice of precision stands
         assert sru.project(x, layer).dtype == torch.bfloat16
     assert sru.project(x.double(), layer.double()).dtype == torch.float64
+
+
+def test_the_fused_layer_equals_projection_then_loop_and_backs_up_twice(monkeypatch):
+    """On a CPU in float32 an SRU layer is one Function (oneDNN's products and the compiled loop, its backward
+    writing over u): the same values and gradients as nn.Linear followed by the loop, for both highway inputs,
+    both directions and padding, and again on a second backward (retain_graph)."""
+    monkeypatch.delenv(sru.NO_EXTENSIONS, raising=False)
+    if sru.kernel() is None or sru._onednn_linear() is None:
+        pytest.skip("the compiled SRU loop or oneDNN is not available here")
+    torch.manual_seed(0)
+    keep = torch.ones(3, 7)
+    keep[1, 4:] = 0
+    for n_in, reverse in ((16, False), (16, True), (10, True)):  # x as the highway input, or u's fourth chunk
+        cell, x, c0 = SRU(n_in, 16), torch.randn(3, 7, n_in), torch.randn(3, 16)
+        results = []
+        for off in ("", "1"):
+            monkeypatch.setenv(sru.NO_ONEDNN, off)
+            leaves = [x.clone().requires_grad_(), c0.clone().requires_grad_()]
+            h, c = cell(leaves[0], leaves[1], keep, reverse)
+            assert (h.grad_fn.name() == "_LayerBackward") == (off == "")
+            loss = h.sin().sum() + (c ** 2).sum()
+            inputs = (*leaves, cell.weight.weight, cell.weight.bias)
+            first = torch.autograd.grad(loss, inputs, retain_graph=True)
+            second = torch.autograd.grad(loss, inputs)
+            for a, b in zip(first, second):
+                assert torch.equal(a, b)
+            results.append([h, c, *first])
+        for got, want in zip(*results):
+            assert torch.allclose(got, want, atol=1e-5, rtol=1e-4)

@@ -5,7 +5,9 @@ so every matrix product of every step is one product before the loop, and what i
 in c, run by `sru_2017` either as one compiled loop (sru_kernel.cpp, forward and backward, the element-wise work
 fused in) or, where that cannot be built, as a pure-torch loop of one multiply-add per step (`LinearScan`).
 Both are autograd Functions whose backward is the reverse recurrence. The projections (forward and backward, three
-matrix products) go through oneDNN on a CPU (`OneDNNLinear`), as torch's own LSTM does. Batch first throughout;
+matrix products) go through oneDNN on a CPU, as torch's own LSTM does; in float32 there a whole layer is one
+Function (`_Layer`: products and compiled loop, its backward writing over u), else `OneDNNLinear` or nn.Linear
+then the loop. Batch first throughout;
 the backward direction of a bidirectional layer walks time from the end instead of flipping its input. `SRU2018`
 is the later unit (Lei et al. 2018), whose gates also read v * c_{t-1}: kept for model.sru_version=2018 and for
 runs trained with it.
@@ -58,10 +60,20 @@ def kernel():
 
 @functools.cache
 def _onednn_linear() -> object | None:
-    """torch's oneDNN linear (the library its CPU LSTM runs on), or None where this torch has none; looked up once."""
+    """torch's oneDNN linear (the library its CPU LSTM runs on), or None where this torch has none; looked up once.
+    Its `.binary` overload adds a tensor to the product in the same pass."""
     if not torch.backends.mkldnn.is_available():
         return None
-    return getattr(getattr(torch.ops, "mkldnn", None), "_linear_pointwise", None)
+    linear = getattr(getattr(torch.ops, "mkldnn", None), "_linear_pointwise", None)
+    return linear if linear is not None and hasattr(linear, "binary") else None
+
+
+def use_onednn(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """Products through oneDNN: float32 on a CPU outside autocast, where this torch has it and MINILM_NO_ONEDNN is
+    unset."""
+    return (x.device.type == "cpu" and x.dtype == torch.float32 and weight.dtype == torch.float32
+            and not torch.is_autocast_enabled("cpu") and os.environ.get(NO_ONEDNN, "") in ("", "0")
+            and _onednn_linear() is not None)
 
 
 class OneDNNLinear(torch.autograd.Function):
@@ -88,9 +100,7 @@ class OneDNNLinear(torch.autograd.Function):
 def project(x: torch.Tensor, layer: nn.Linear) -> torch.Tensor:
     """layer(x) for every step at once, (B, T, n_in) -> (B, T, out): through oneDNN for float32 on a CPU outside
     autocast (where this torch has it and MINILM_NO_ONEDNN is unset), else nn.Linear."""
-    if (x.device.type == "cpu" and x.dtype == torch.float32 and layer.weight.dtype == torch.float32
-            and not torch.is_autocast_enabled("cpu") and os.environ.get(NO_ONEDNN, "") in ("", "0")
-            and _onednn_linear() is not None):
+    if use_onednn(x, layer.weight):
         return OneDNNLinear.apply(x.reshape(-1, x.size(-1)), layer.weight, layer.bias).view(*x.shape[:-1], -1)
     return layer(x)
 
@@ -143,8 +153,52 @@ class _Fused(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dh: torch.Tensor, dc_last: torch.Tensor):
         u, hw, c0, keep, cs = ctx.saved_tensors
-        du, dhw, dc0 = kernel().backward(u, hw, c0, keep, cs, dh, dc_last, ctx.reverse)
+        u = u.contiguous()
+        du = torch.empty_like(u)  # u is the caller's: the gradients go to a tensor of their own
+        dhw, dc0, _ = kernel().backward(u, hw, c0, keep, cs, dh, dc_last, ctx.reverse, du)
         return du, (dhw if hw.numel() else None), dc0, None, None
+
+
+class _Layer(torch.autograd.Function):
+    """A whole layer on the CPU in float32: the projections of every step through oneDNN, then the compiled loop;
+    x (B, T, n_in), weight (3H or 4H, n_in), bias or None, c0 (B, H), keep (B, T), reverse -> h (B, T, H), last
+    state (B, H). One Function, so that its backward can write the loop's gradients over u (which nothing else
+    holds), take the bias gradient from the loop's running sums, and add the highway's gradient to the input's in
+    the product that makes it."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, c0: torch.Tensor,
+                keep: torch.Tensor, reverse: bool):
+        x = x.contiguous()
+        u = _onednn_linear()(x.view(-1, x.size(-1)), weight, bias, "none", [], "").view(*x.shape[:2], -1)
+        h, cs = kernel().forward(u, _highway(x, u, c0), c0, keep, reverse)  # u (B, T, 3H or 4H)
+        ctx.reverse, ctx.spent = reverse, False
+        ctx.save_for_backward(x, weight, bias, u, c0, keep, cs)
+        return h, cs[:, 0 if reverse else -1].clone()
+
+    @staticmethod
+    def backward(ctx, dh: torch.Tensor, dc_last: torch.Tensor):
+        x, weight, bias, u, c0, keep, cs = ctx.saved_tensors
+        linear, rows = _onednn_linear(), x.view(-1, x.size(-1))  # (B*T, n_in)
+        if ctx.spent:  # a second backward (retain_graph): the first wrote its gradients over u, made again here
+            u = linear(rows, weight, bias, "none", [], "").view_as(u)
+        ctx.spent = True
+        hw = _highway(x, u, c0)
+        dhw, dc0, db = kernel().backward(u, hw, c0, keep, cs, dh, dc_last, ctx.reverse, u)
+        du = u.view(-1, u.size(-1))  # (B*T, 3H or 4H): the gradients, where u was
+        dx = dw = None
+        if ctx.needs_input_grad[0]:  # du @ W, plus the highway's gradient when x is the highway input
+            dx = (linear.binary(du, dhw.view_as(rows), weight.t(), None, "add") if hw.numel()
+                  else linear(du, weight.t(), None, "none", [], "")).view_as(x)
+        if ctx.needs_input_grad[1]:  # (x^T du)^T, x transposed by the kernel (torch's copy of x.t() is slower)
+            dw = linear(kernel().transpose(rows), du.t(), None, "none", [], "").t().contiguous()
+        db = db.sum(0) if bias is not None and ctx.needs_input_grad[2] else None
+        return dx, dw, db, (dc0 if ctx.needs_input_grad[3] else None), None, None
+
+
+def _highway(x: torch.Tensor, u: torch.Tensor, c0: torch.Tensor) -> torch.Tensor:
+    """The loop's separate highway input: x when u is 3H wide, else empty (u's fourth chunk is the highway)."""
+    return x if u.size(-1) == 3 * c0.size(-1) else x.new_empty(0)
 
 
 def use_kernel(u: torch.Tensor) -> bool:
@@ -195,9 +249,12 @@ class SRU(nn.Module):
                 reverse: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         """x (B, T, n_in), c (B, H) or None, keep (B, T) or None (no padding), reverse: time walked backwards
         -> h (B, T, H) with 0 at padding, last state (B, H)."""
-        u = project(x, self.weight)  # (B, T, 3H or 4H): every step's projections in one matmul
         if c is None:
-            c = u.new_zeros(x.size(0), self.hidden)
+            c = x.new_zeros(x.size(0), self.hidden)
+        if use_kernel(x) and use_onednn(x, self.weight.weight):
+            keep = keep if keep is not None else x.new_ones(x.shape[:2])
+            return _Layer.apply(x, self.weight.weight, self.weight.bias, c, keep, reverse)
+        u = project(x, self.weight)  # (B, T, 3H or 4H): every step's projections in one matmul
         return sru_2017(u, None if self.project else x, c, keep, reverse)
 
 

@@ -89,33 +89,40 @@ void forward_step(int64_t n, bool kept, const scalar_t* __restrict__ xt, const s
 }
 
 // dc the running dL/dc (from the step after in walking order in, to the step before out); c this step's state,
-// prev the one before; dxt, dfz, drz, dx the gradients written for this step
+// prev the one before; ut this step's pre-activations [x~ | f | r | highway when it is u's], dut their gradients,
+// which may be ut itself (written over it: a column's loads come before its stores, and no column reads another's,
+// which `omp simd` vectorizes as it stands); x the highway input, dx its gradient (u's fourth chunk, or hw and dhw);
+// sum the running sums of the gradients over the steps (the bias gradient), a chunk every kBlock
 template <typename scalar_t>
-void backward_step(int64_t n, bool kept, const scalar_t* __restrict__ xt, const scalar_t* __restrict__ fz,
-                   const scalar_t* __restrict__ rz, const scalar_t* __restrict__ x, const scalar_t* __restrict__ c,
-                   const scalar_t* __restrict__ prev, const scalar_t* __restrict__ dh, scalar_t* __restrict__ dc,
-                   scalar_t* __restrict__ dxt, scalar_t* __restrict__ dfz, scalar_t* __restrict__ drz,
-                   scalar_t* __restrict__ dx) {
-  if (kept) {
+void backward_step(int64_t n, int64_t H, bool kept, const scalar_t* ut, scalar_t* dut, const scalar_t* x,
+                   scalar_t* dx, const scalar_t* __restrict__ c, const scalar_t* __restrict__ prev,
+                   const scalar_t* __restrict__ dh, scalar_t* __restrict__ dc, scalar_t* __restrict__ sum) {
+  if (!kept) {  // a padded step passes dc through, and nothing else gets a gradient from it
 #pragma omp simd
     for (int64_t j = 0; j < n; ++j) {
-      const scalar_t f = sigmoid(fz[j]), r = sigmoid(rz[j]);
-      const scalar_t g = tanh_(c[j]), d = dh[j];
-      dx[j] = d * (1 - r);
-      drz[j] = d * (g - x[j]) * r * (1 - r);
-      const scalar_t total = dc[j] + d * r * (1 - g * g);  // dL/dc_t
-      dxt[j] = total * (1 - f);
-      dfz[j] = total * (prev[j] - xt[j]) * f * (1 - f);
-      dc[j] = total * f;
-    }
-  } else {  // a padded step passes dc through, and nothing else gets a gradient from it
-#pragma omp simd
-    for (int64_t j = 0; j < n; ++j) {
+      dut[j] = 0;
+      dut[H + j] = 0;
+      dut[2 * H + j] = 0;
       dx[j] = 0;
-      drz[j] = 0;
-      dxt[j] = 0;
-      dfz[j] = 0;
     }
+    return;
+  }
+#pragma omp simd
+  for (int64_t j = 0; j < n; ++j) {
+    const scalar_t xt = ut[j], f = sigmoid(ut[H + j]), r = sigmoid(ut[2 * H + j]), xj = x[j];
+    const scalar_t g = tanh_(c[j]), d = dh[j];
+    const scalar_t total = dc[j] + d * r * (1 - g * g);  // dL/dc_t
+    const scalar_t dxt = total * (1 - f), dfz = total * (prev[j] - xt) * f * (1 - f);
+    const scalar_t drz = d * (g - xj) * r * (1 - r), dxj = d * (1 - r);
+    dut[j] = dxt;
+    dut[H + j] = dfz;
+    dut[2 * H + j] = drz;
+    dx[j] = dxj;
+    dc[j] = total * f;
+    sum[j] += dxt;
+    sum[kBlock + j] += dfz;
+    sum[2 * kBlock + j] += drz;
+    sum[3 * kBlock + j] += dxj;  // the highway chunk's bias when it is u's (else unused)
   }
 }
 
@@ -149,27 +156,45 @@ void forward_kernel(const Layout& L, const scalar_t* u, const scalar_t* hw, cons
 }
 
 // The reverse recurrence: dc_t = dh_t * r_t * g'(c_t) + f_{t+1} * dc_{t+1} (a padded step passes dc through),
-// and from it the gradients of the pre-activations, the highway input and the initial state.
+// and from it the gradients of the pre-activations (du, laid out as u; u itself to write over it), the highway
+// input, the initial state, and each batch row's sums of du over time (db (B, k*H): the bias gradient's parts).
 template <typename scalar_t>
 void backward_kernel(const Layout& L, const scalar_t* u, const scalar_t* hw, const scalar_t* c0, const scalar_t* keep,
                      const scalar_t* cs, const scalar_t* dh, const scalar_t* dc_last, scalar_t* du, scalar_t* dhw,
-                     scalar_t* dc0) {
+                     scalar_t* dc0, scalar_t* db) {
   const int64_t K = L.hw_in_u ? 4 : 3;
   for_each_block(L, [&](int64_t b, int64_t j0, int64_t n) {
-    scalar_t dc[kBlock];
+    scalar_t dc[kBlock], sum[4 * kBlock] = {};
     std::copy(dc_last + b * L.H + j0, dc_last + b * L.H + j0 + n, dc);
     for (int64_t s = L.T - 1; s >= 0; --s) {
       const int64_t t = L.reverse ? L.T - 1 - s : s, before = L.reverse ? t + 1 : t - 1;
-      const scalar_t* ut = u + b * L.u_sb + t * L.u_st + j0;
-      const scalar_t* x = L.hw_in_u ? ut + 3 * L.H : hw + b * L.hw_sb + t * L.hw_st + j0;
-      scalar_t* dut = du + (b * L.T + t) * K * L.H + j0;  // du is contiguous (B, T, K*H)
-      scalar_t* dx = L.hw_in_u ? dut + 3 * L.H : dhw + (b * L.T + t) * L.H + j0;
+      const int64_t at_u = b * L.u_sb + t * L.u_st + j0;  // x~ at at_u + j, f at + H, r at + 2H
+      const scalar_t* x = L.hw_in_u ? u + at_u + 3 * L.H : hw + b * L.hw_sb + t * L.hw_st + j0;
+      scalar_t* dx = L.hw_in_u ? du + at_u + 3 * L.H : dhw + (b * L.T + t) * L.H + j0;
       const int64_t o = (b * L.T + t) * L.H + j0;
       const scalar_t* prev = s > 0 ? cs + (b * L.T + before) * L.H + j0 : c0 + b * L.H + j0;
-      backward_step<scalar_t>(n, keep[b * L.T + t] != 0, ut, ut + L.H, ut + 2 * L.H, x, cs + o, prev, dh + o, dc,
-                              dut, dut + L.H, dut + 2 * L.H, dx);
+      backward_step<scalar_t>(n, L.H, keep[b * L.T + t] != 0, u + at_u, du + at_u, x, dx, cs + o, prev, dh + o, dc,
+                              sum);
     }
     std::copy(dc, dc + n, dc0 + b * L.H + j0);
+    for (int64_t k = 0; k < K; ++k) std::copy(sum + k * kBlock, sum + k * kBlock + n, db + (b * K + k) * L.H + j0);
+  });
+}
+
+// out (n, N) = x (N, n) transposed, in tiles that keep the reads in cache and the writes contiguous (the weight
+// gradient's product wants x transposed; torch's own copy of a transposed view runs at a fraction of this rate)
+template <typename scalar_t>
+void transpose_kernel(const scalar_t* x, int64_t N, int64_t n, scalar_t* out) {
+  constexpr int64_t kRows = 64, kCols = 16;
+  at::parallel_for(0, (n + kCols - 1) / kCols, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t jb = begin; jb < end; ++jb) {
+      const int64_t j0 = jb * kCols, j1 = std::min(j0 + kCols, n);
+      for (int64_t i0 = 0; i0 < N; i0 += kRows) {
+        const int64_t i1 = std::min(i0 + kRows, N);
+        for (int64_t j = j0; j < j1; ++j)
+          for (int64_t i = i0; i < i1; ++i) out[j * N + i] = x[i * n + j];
+      }
+    }
   });
 }
 
@@ -198,26 +223,41 @@ std::vector<at::Tensor> forward(const at::Tensor& u, const at::Tensor& hw, const
   return {h, cs};
 }
 
-// -> du (B, T, k*H), d hw (B, T, H; empty when the highway is in u), d c0 (B, H)
+// -> d hw (B, T, H; empty when the highway is in u), d c0 (B, H), db (B, k*H) to sum over rows; du (B, T, k*H),
+// contiguous and laid out as u, is written (u itself when the caller lets it go)
 std::vector<at::Tensor> backward(const at::Tensor& u, const at::Tensor& hw, const at::Tensor& c0, const at::Tensor& keep,
-                                 const at::Tensor& cs, const at::Tensor& dh, const at::Tensor& dc_last, bool reverse) {
+                                 const at::Tensor& cs, const at::Tensor& dh, const at::Tensor& dc_last, bool reverse,
+                                 at::Tensor& du) {
   const int64_t H = c0.size(1);
   const Layout L = layout(u, hw, H, reverse);
+  TORCH_CHECK(u.is_contiguous() && du.is_contiguous() && du.sizes() == u.sizes(), "u and du must be contiguous alike");
   auto c0c = c0.contiguous(), keepc = keep.to(u.scalar_type()).contiguous();
   auto dhc = dh.contiguous(), dcl = dc_last.contiguous();
-  auto du = at::empty({L.B, L.T, u.size(2)}, u.options());
   auto dhw = L.hw_in_u ? at::Tensor() : at::empty({L.B, L.T, H}, u.options());
-  auto dc0 = at::empty({L.B, H}, u.options());
+  auto dc0 = at::empty({L.B, H}, u.options()), db = at::empty({L.B, u.size(2)}, u.options());
   AT_DISPATCH_FLOATING_TYPES(u.scalar_type(), "sru_backward", [&] {
     backward_kernel<scalar_t>(L, u.data_ptr<scalar_t>(), L.hw_in_u ? nullptr : hw.data_ptr<scalar_t>(),
                               c0c.data_ptr<scalar_t>(), keepc.data_ptr<scalar_t>(), cs.data_ptr<scalar_t>(),
                               dhc.data_ptr<scalar_t>(), dcl.data_ptr<scalar_t>(), du.data_ptr<scalar_t>(),
-                              L.hw_in_u ? nullptr : dhw.data_ptr<scalar_t>(), dc0.data_ptr<scalar_t>());
+                              L.hw_in_u ? nullptr : dhw.data_ptr<scalar_t>(), dc0.data_ptr<scalar_t>(),
+                              db.data_ptr<scalar_t>());
   });
-  return {du, dhw, dc0};
+  return {dhw, dc0, db};
+}
+
+// x (N, n) -> x transposed (n, N), contiguous
+at::Tensor transpose(const at::Tensor& x) {
+  TORCH_CHECK(x.dim() == 2, "x must be 2-D");
+  auto xc = x.contiguous();
+  auto out = at::empty({x.size(1), x.size(0)}, x.options());
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "sru_transpose", [&] {
+    transpose_kernel<scalar_t>(xc.data_ptr<scalar_t>(), x.size(0), x.size(1), out.data_ptr<scalar_t>());
+  });
+  return out;
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("forward", &forward, "SRU (2017) forward over all steps");
   m.def("backward", &backward, "SRU (2017) backward, the reverse recurrence");
+  m.def("transpose", &transpose, "a matrix transposed, contiguous");
 }
