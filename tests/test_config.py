@@ -294,7 +294,7 @@ RECURRENT_RECIPES = {
                         "train.max_steps=4824 train.eval_interval=4824 train.out_dir=runs/shakespeare-sru"),
     "sst2-bilstm": ("finetune-sst2", "train.task=classify model.arch=lstm model.bidirectional=true model.n_layer=1 "
                     "train.out_dir=runs/sst2-bilstm"),
-    "sst2-bisru": ("finetune-sst2", "train.task=classify model.arch=sru model.bidirectional=true model.n_layer=1 "
+    "sst2-bisru": ("finetune-sst2", "train.task=classify model.arch=sru model.bidirectional=true model.n_layer=2 "
                    "train.out_dir=runs/sst2-bisru"),
     "g2p-lstm": ("g2p-cmudict", "model.arch=lstm model.bidirectional=true model.encoder_layers=2 model.n_layer=1 "
                  "train.out_dir=runs/g2p-lstm"),
