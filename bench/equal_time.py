@@ -41,6 +41,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--evals", type=int, default=1, help="evaluations over each run (the last at its end)")
     p.add_argument("--metric", default="val_loss", help="the validation metric to show (default val_loss)")
     args = p.parse_args(argv)
+    if args.probe_rounds < 1 or args.probe_steps < 3:
+        p.error("--probe-rounds must be at least 1 and --probe-steps at least 3 (a probe logs three windows)")
     root = Path(args.out or tempfile.mkdtemp(prefix="equal-time-"))
     print(f"| config | steps/s (probe) | steps | wall s | {args.metric} |\n|---|---:|---:|---:|---:|", flush=True)
     specs = []  # (config, overrides)

@@ -85,3 +85,11 @@ def test_equal_time_bench_sizes_the_run_from_its_probe(shakespeare_file, tmp_pat
     assert steps == max(int(rate * 0.5), 60)  # the probes' median steps/s x the budget, at least a probe's own
     assert (tmp_path / "0-probe-0").is_dir() and (tmp_path / "0-probe-1").is_dir()  # two rounds of probes
     assert [r["step"] for r in read_metrics(tmp_path / "0-run") if r["split"] == "val"] == [steps]
+
+
+def test_equal_time_bench_refuses_no_probes_in_one_line(capsys) -> None:
+    from bench import equal_time
+
+    with pytest.raises(SystemExit) as exit_:
+        equal_time.main(["configs/shakespeare-lstm.yaml", "--probe-rounds", "0"])
+    assert exit_.value.code == 2 and "--probe-rounds must be at least 1" in capsys.readouterr().err
