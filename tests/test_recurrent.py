@@ -85,13 +85,14 @@ def test_torch_cells_match_their_equations_and_torch_layout(arch, ref):
 def test_padding_is_exact_and_bidirectional_stacks_see_the_future(arch):
     torch.manual_seed(0)
     uni, bi = RecurrentStack(_cfg(arch)).eval(), RecurrentStack(_cfg(arch, bidirectional=True)).eval()
+    normed = RecurrentStack(_cfg(arch, bidirectional=True, layer_norm=True)).eval()
     ids = torch.randint(1, 11, (2, 7))
     mask = torch.ones(2, 7, dtype=torch.long)
     mask[1, 4:] = 0
     later = ids.clone()
     later[:, 3] = (ids[:, 3] % 10) + 1  # a different token at position 3
     with torch.no_grad():
-        for stack in (uni, bi):
+        for stack in (uni, bi, normed):
             full, _ = stack(ids, mask)
             alone, _ = stack(ids[1:, :4])
             assert torch.allclose(full[1, :4], alone[0], atol=1e-5)  # padding changes nothing, in both directions
@@ -100,6 +101,26 @@ def test_padding_is_exact_and_bidirectional_stacks_see_the_future(arch):
         u1, b1 = uni(later)[0][:, 0], bi(later)[0][:, 0]
     assert torch.equal(u0, u1)  # left to right: position 0 cannot know position 3
     assert not torch.allclose(b0, b1)  # the backward direction has read it
+
+
+@pytest.mark.parametrize("arch", ["lstm", "sru"])
+def test_layer_norm_normalizes_each_layers_output(arch):
+    torch.manual_seed(0)
+    stack = RecurrentStack(_cfg(arch, layer_norm=True, residual=True)).eval()
+    with torch.no_grad():
+        for norm in stack.norms:  # not the identity LayerNorm starts as
+            norm.weight.uniform_(0.5, 1.5)
+            norm.bias.uniform_(-0.5, 0.5)
+        ids = torch.randint(0, 11, (3, 5))
+        ours, _ = stack(ids)
+        x = stack.tok_emb(ids)
+        for layer, norm in zip(stack.layers, stack.norms):  # each output normalized, then the residual (6 to 6)
+            y, _ = layer(x, None, None)
+            y = torch.nn.functional.layer_norm(y, (6,), norm.weight, norm.bias)
+            x = x + y if x.shape == y.shape else y
+    assert torch.allclose(ours, x, atol=1e-6)
+    plain = RecurrentStack(_cfg(arch, residual=True))
+    assert sum(p.numel() for p in stack.parameters()) == sum(p.numel() for p in plain.parameters()) + 2 * 2 * 6
 
 
 @pytest.mark.parametrize("arch", ["rnn", "lstm", "gru"])

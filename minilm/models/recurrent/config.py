@@ -23,6 +23,9 @@ class RecurrentConfig(ModelConfig):
     hidden_size: int = 0  # the state's width; 0: n_embd
     bidirectional: bool = False  # a second direction reading right to left (encoders and classifiers, not LMs)
     residual: bool = False  # x + layer(x) between stacked layers (where the widths agree)
+    # a LayerNorm over each layer's output (before dropout and the residual): the option the SRU's reference code
+    # offers for deep stacks, whose gates read only their input; measured to help a deep SRU, not a 2-layer LSTM
+    layer_norm: bool = False
     # an encoder-decoder's attention score between a decoder state and the encoder states: "dot" (Luong's general
     # score, h W e) or "additive" (Bahdanau's, v . tanh(W h + U e))
     attention: str = "dot"

@@ -152,9 +152,10 @@ def reverse_rows(x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
     return x.gather(1, index[..., None].expand_as(x))
 
 class RecurrentStack(nn.Module):
-    """Token embedding -> dropout -> n_layer RecurrentLayers with dropout between them and, with model.residual,
-    x + layer(x) wherever the widths agree. Returns the last layer's states (B, T, dirs * H) and each layer's
-    final state, which continues the sequence when passed back (sampling, truncated BPTT)."""
+    """Token embedding -> dropout -> n_layer RecurrentLayers, each output normalized with model.layer_norm, dropout
+    between them and, with model.residual, x + layer(x) wherever the widths agree. Returns the last layer's states
+    (B, T, dirs * H), zeros at padding, and each layer's final state, which continues the sequence when passed back
+    (sampling, truncated BPTT)."""
 
     def __init__(self, cfg: RecurrentConfig, token_table: bool = True):
         super().__init__()
@@ -165,6 +166,7 @@ class RecurrentStack(nn.Module):
         self.drop = nn.Dropout(cfg.dropout)
         self.layers = nn.ModuleList(RecurrentLayer(cfg.arch, cfg.n_embd if i == 0 else dirs * H, H, cfg.bidirectional,
                                                    cfg.sru_version) for i in range(cfg.n_layer))
+        self.norms = nn.ModuleList(nn.LayerNorm(dirs * H) for _ in range(cfg.n_layer)) if cfg.layer_norm else None
         if self.tok_emb is not None:
             nn.init.normal_(self.tok_emb.weight, std=0.02)
 
@@ -178,9 +180,13 @@ class RecurrentStack(nn.Module):
         """idx (B, T), attention_mask (B, T) with right padding (1 = real token) -> (B, T, width), state."""
         lengths = None if attention_mask is None or bool(attention_mask.all()) else attention_mask.sum(-1)
         x = self.drop((tok_emb or self.tok_emb)(idx))  # (B, T, n_embd)
+        # (B, T, 1): padding stays zero after a norm (which would give it the norm's bias)
+        real = None if lengths is None else attention_mask[..., None].to(x.dtype)
         new_state = []
         for i, layer in enumerate(self.layers):
             y, s = layer(x, lengths, state[i] if state is not None else None)
+            if self.norms is not None:
+                y = self.norms[i](y) if real is None else self.norms[i](y) * real
             y = self.drop(y)
             x = x + y if self.cfg.residual and y.shape == x.shape else y
             new_state.append(s)
