@@ -58,5 +58,6 @@ class RecurrentConfig(ModelConfig):
         layers = f"{self.encoder_layers} + {self.n_layer}" if self.encoder_layers else f"{self.n_layer}"
         cell = f"SRU ({self.sru_version})" if self.arch == "sru" else self.arch.upper()
         # no position table: block_size is only the length of its training blocks
-        return (f"a recurrent {way}{cell} stack, {layers} layers x {self.rnn_hidden} wide, no position table "
+        norm = ", each layer's output layer-normalized" if self.layer_norm else ""
+        return (f"a recurrent {way}{cell} stack, {layers} layers x {self.rnn_hidden} wide{norm}, no position table "
                 f"(trained on {self.block_size}-token blocks)")
