@@ -290,16 +290,17 @@ def test_the_task_must_fit_the_attention():
 RECURRENT_RECIPES = {
     "shakespeare-lstm": ("shakespeare-char-cpu", "model.arch=lstm model.n_layer=2 model.hidden_size=192 "
                          "train.max_steps=5325 train.eval_interval=5325 train.out_dir=runs/shakespeare-lstm"),
-    "shakespeare-sru": ("shakespeare-char-cpu", "model.arch=sru model.n_layer=6 model.hidden_size=180 "
-                        "train.max_steps=4824 train.eval_interval=4824 train.out_dir=runs/shakespeare-sru"),
+    "shakespeare-sru": ("shakespeare-char-cpu", "model.arch=sru model.n_layer=8 model.hidden_size=160 "
+                        "model.layer_norm=true train.max_steps=4752 train.eval_interval=4752 "
+                        "train.out_dir=runs/shakespeare-sru"),
     "sst2-bilstm": ("finetune-sst2", "train.task=classify model.arch=lstm model.bidirectional=true model.n_layer=1 "
                     "train.out_dir=runs/sst2-bilstm"),
     "sst2-bisru": ("finetune-sst2", "train.task=classify model.arch=sru model.bidirectional=true model.n_layer=2 "
-                   "train.out_dir=runs/sst2-bisru"),
+                   "model.layer_norm=true train.out_dir=runs/sst2-bisru"),
     "g2p-lstm": ("g2p-cmudict", "model.arch=lstm model.bidirectional=true model.encoder_layers=2 model.n_layer=1 "
                  "train.out_dir=runs/g2p-lstm"),
     "g2p-sru": ("g2p-cmudict", "model.arch=sru model.bidirectional=true model.encoder_layers=2 model.n_layer=1 "
-                "train.out_dir=runs/g2p-sru"),
+                "model.layer_norm=true train.out_dir=runs/g2p-sru"),
 }
 
 
