@@ -180,13 +180,14 @@ class RecurrentStack(nn.Module):
         """idx (B, T), attention_mask (B, T) with right padding (1 = real token) -> (B, T, width), state."""
         lengths = None if attention_mask is None or bool(attention_mask.all()) else attention_mask.sum(-1)
         x = self.drop((tok_emb or self.tok_emb)(idx))  # (B, T, n_embd)
-        # (B, T, 1): padding stays zero after a norm (which would give it the norm's bias)
-        real = None if lengths is None else attention_mask[..., None].to(x.dtype)
+        # (B, T, 1), only where a norm would give padding its bias: padding stays zero
+        real = None if lengths is None or self.norms is None else attention_mask[..., None].to(x.dtype)
         new_state = []
         for i, layer in enumerate(self.layers):
             y, s = layer(x, lengths, state[i] if state is not None else None)
             if self.norms is not None:
-                y = self.norms[i](y) if real is None else self.norms[i](y) * real
+                y = self.norms[i](y)
+                y = y if real is None else y * real
             y = self.drop(y)
             x = x + y if self.cfg.residual and y.shape == x.shape else y
             new_state.append(s)
